@@ -1,0 +1,33 @@
+"""agentorch_nb: multi-agent LLM software workflows, run from a Jupyter notebook.
+
+>>> import agentorch_nb as ao                      # doctest: +SKIP
+>>> orch = ao.Orchestrator(workspace="my-repo")    # doctest: +SKIP
+>>> run = orch.start("Add a --json flag")          # doctest: +SKIP
+"""
+
+from .config import Config
+from .engine.protocols import Agents, Context
+from .exceptions import (
+    AgentorchError,
+    CycleError,
+    InvalidInput,
+    InvalidTransition,
+    ResolutionError,
+    RunBusyElsewhere,
+    StoreBusy,
+    UnknownRun,
+    UnknownTask,
+    WorkspaceError,
+    WrongLoop,
+)
+from .model import Outcome, Profile, RunStatus, Task, TaskSpec, TaskStatus, Verdict, WorkResult
+from .orchestrator import Orchestrator, Run, sql
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AgentorchError", "Agents", "Config", "Context", "CycleError", "InvalidInput",
+    "InvalidTransition", "Orchestrator", "Outcome", "Profile", "ResolutionError", "Run",
+    "RunBusyElsewhere", "RunStatus", "StoreBusy", "Task", "TaskSpec", "TaskStatus",
+    "UnknownRun", "UnknownTask", "Verdict", "WorkResult", "WorkspaceError", "WrongLoop", "sql",
+]

@@ -1,0 +1,67 @@
+"""``python -m agentorch_nb`` / ``agentorch``: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import Orchestrator
+from .config import Config
+from .testing import DEMO_OBJECTIVE, demo_agents
+
+
+def init_demo_repo(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    git = ["git", "-C", str(path), "-c", "user.name=agentorch demo", "-c", "user.email=demo@localhost"]
+    subprocess.run(git[:3] + ["init", "-q"], check=True)
+    (path / "README.md").write_text("# wordstats\n")
+    subprocess.run(git + ["add", "README.md"], check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "Initial commit"], check=True)
+    return path
+
+
+def demo(args: argparse.Namespace) -> int:
+    workspace = Path(args.workspace) if args.workspace else Path(tempfile.mkdtemp(prefix="agentorch-demo-"))
+    if not (workspace / ".git").exists():
+        init_demo_repo(workspace)
+    print(f"workspace: {workspace}")
+    orch = Orchestrator(workspace, config=Config(max_concurrent_workers=args.workers),
+                        agents=demo_agents())
+    started = time.perf_counter()
+    run = orch.start(args.objective)
+    print(f"run {run.id}: {args.objective}")
+    status = run.wait_sync(timeout=args.timeout)
+    elapsed = time.perf_counter() - started
+    print(f"status: {status.value} in {elapsed:.1f} s\n")
+    for t in run.tasks:
+        deps = f" <- {', '.join(t.depends_on)}" if t.depends_on else ""
+        print(f"  {t.id:<4} {t.status.value:<14} attempts={t.attempts}  {t.title}{deps}")
+    print("\nattempts that failed (Phoenix retried them with this context):")
+    failed = orch.sql("select task_id, attempt, outcome, qa_feedback from attempts "
+                      "where run_id = ? and outcome <> 'approved' order by task_id, attempt", [run.id])
+    print(failed.to_string(index=False) if len(failed) else "  none")
+    counts = orch.sql("select count(*) as events, max(seq) as last_seq from events where run_id = ?", [run.id])
+    print(f"\nstore: {orch.store.path} ({int(counts.events[0])} events)")
+    print(f"try:   python -c \"import agentorch_nb as ao; print(ao.sql('select * from tasks', store='{orch.store.path}'))\"")
+    return 0 if status.value == "completed" else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="agentorch", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="run the offline demo objective on a throwaway git repository")
+    d.add_argument("--workspace", help="git repository to use (default: a new temporary one)")
+    d.add_argument("--objective", default=DEMO_OBJECTIVE)
+    d.add_argument("--workers", type=int, default=5)
+    d.add_argument("--timeout", type=float, default=120.0)
+    d.set_defaults(fn=demo)
+    args = parser.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

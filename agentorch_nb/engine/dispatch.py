@@ -1,0 +1,475 @@
+"""The dispatch loop of one run.
+
+An :class:`Engine` lives on one asyncio loop (the kernel's, or the package's background
+loop) and is the only writer of its run. It keeps the run's tasks in memory and writes
+every change through to the store as it happens: events, task rows, attempts. The loop
+sleeps until something happens (a worker finished, a human answered, a dependency was
+edited, the run was cancelled) and then does one step: promote what became ready, hold
+what lost a dependency, start workers up to the limit, and decide whether the run is
+paused or done. It never polls.
+
+The engine's methods are not thread-safe: :class:`agentorch_nb.Run` marshals calls onto
+the engine's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import traceback
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..dag import TaskGraph, _natural
+from ..exceptions import InvalidInput, ResolutionError, UnknownTask
+from ..model import (
+    Attempt,
+    Interrupt,
+    Outcome,
+    Profile,
+    RunStatus,
+    Task,
+    TaskSpec,
+    TaskStatus,
+    WorkResult,
+    check_transition,
+    utcnow,
+)
+from ..store import Store
+from ..store.records import attempt_row, interrupt_row, task_row
+from . import phoenix
+from .protocols import Agents, Context
+
+log = logging.getLogger("agentorch_nb.engine")
+S = TaskStatus
+
+# Why a running attempt was stopped from outside, and what it becomes.
+STOP_INTERRUPT, STOP_ABANDON, STOP_CANCEL = "interrupt", "abandon", "cancel"
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        objective: str,
+        store: Store,
+        config: Config,
+        agents: Agents,
+        workspace: Path | None,
+    ) -> None:
+        self.run_id = run_id
+        self.objective = objective
+        self.store = store
+        self.config = config
+        self.agents = agents
+        self.workspace = workspace
+        self.status = RunStatus.RUNNING
+        self.error: str | None = None
+        self.tasks: dict[str, Task] = {}
+        self.graph = TaskGraph()
+        self.attempts: dict[str, list[Attempt]] = {}
+        self.open_interrupts: dict[str, Interrupt] = {}  # by task id
+        self.planned = False
+        self.running: dict[str, asyncio.Task] = {}
+        self.max_running_seen = 0
+        self._seq = 0
+        self._next_task = 1
+        self._counts: Counter[TaskStatus] = Counter()
+        self._dirty: set[str] = set()  # planned tasks whose readiness may have changed
+        self._ready: list[tuple[int, tuple, str]] = []  # heap: (-priority, natural id, id)
+        self._priority: dict[str, int] | None = None
+        self._stop_reason: dict[str, str] = {}
+        self._wake: asyncio.Event | None = None
+        self._changed: asyncio.Event | None = None
+        self._main_task: asyncio.Task | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.on_start: list = []  # coroutine functions awaited before the first step
+        self.on_stop: list = []  # callables run when the loop ends
+
+    # ------------------------------------------------------------- recording
+    def _emit(self, kind: str, task_id: str | None = None, **payload: Any) -> None:
+        self._seq += 1
+        self.store.append(
+            "events",
+            {"run_id": self.run_id, "seq": self._seq, "ts": utcnow(), "task_id": task_id,
+             "kind": kind, "payload": payload},
+        )
+
+    def _save(self, task: Task) -> None:
+        task.updated_at = utcnow()
+        self.store.upsert("tasks", task_row(task))
+
+    def _save_attempt(self, a: Attempt) -> None:
+        self.store.upsert("attempts", attempt_row(a))
+
+    def save_run(self) -> None:
+        now = utcnow()
+        self.store.upsert(
+            "runs",
+            {"run_id": self.run_id, "objective": self.objective,
+             "workspace": str(self.workspace) if self.workspace else None,
+             "status": self.status, "config": self.config.to_dict(), "error": self.error,
+             "engine_pid": self.engine_pid, "engine_host": self.engine_host,
+             "engine_address": self.engine_address, "created_at": self.created_at,
+             "updated_at": now, "finished_at": now if self.status.finished else None},
+        )
+
+    engine_pid: int | None = None
+    engine_host: str | None = None
+    engine_address: str | None = None
+    created_at = None
+
+    def record_message(self, task_id, attempt, role, content, metadata) -> None:
+        self.store.append(
+            "messages",
+            {"run_id": self.run_id, "task_id": task_id, "attempt": attempt, "role": role,
+             "content": content, "metadata": metadata or None},
+        )
+
+    def _set_run_status(self, status: RunStatus, error: str | None = None) -> None:
+        if status == self.status and error is None:
+            return
+        self._emit("run_status", None, **{"from": self.status, "to": status, "error": error})
+        self.status = status
+        if error:
+            self.error = error
+        self.save_run()
+        self._notify()
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+
+    def move(self, task_id: str, to: TaskStatus, reason: str | None = None) -> None:
+        """The one way a task's status changes: checked against the table, then recorded."""
+        task = self.tasks[task_id]
+        check_transition(task_id, task.status, to)
+        self._emit("task_status", task_id, **{"from": task.status, "to": to, "reason": reason})
+        self._counts[task.status] -= 1
+        self._counts[to] += 1
+        task.status = to
+        task.status_reason = reason
+        self._save(task)
+        if to == S.PLANNED:
+            self._dirty.add(task_id)
+        elif to == S.READY:
+            heapq.heappush(self._ready, (-self._prio(task_id), _natural(task_id), task_id))
+        elif to in (S.COMPLETE, S.ABANDONED):
+            self._dirty.update(self.graph.dependents(task_id))
+        self._notify()
+
+    # ----------------------------------------------------------------- tasks
+    def add_tasks(self, specs: list[TaskSpec], created_by: str) -> list[Task]:
+        """Add tasks to the graph, all or none: unknown dependencies and cycles are refused."""
+        ids: dict[str, str] = {}
+        new: list[Task] = []
+        for i, spec in enumerate(specs):
+            if not spec.title or not spec.title.strip():
+                raise InvalidInput(f"task {i + 1} of {len(specs)} has no title")
+            try:
+                profile = Profile(spec.profile)
+            except ValueError:
+                raise InvalidInput(
+                    f"unknown profile {spec.profile!r}; use one of {[p.value for p in Profile]}"
+                ) from None
+            tid = f"t{self._next_task + i}"
+            ids[spec.key or tid] = tid
+            new.append(Task(
+                id=tid, run_id=self.run_id, title=spec.title.strip(), description=spec.description,
+                acceptance_criteria=list(spec.acceptance_criteria), profile=profile,
+                phase=spec.phase,
+                max_retries=self.config.max_retries if spec.max_retries is None else spec.max_retries,
+                created_by=created_by,
+            ))
+        for spec, task in zip(specs, new):
+            deps = []
+            for d in spec.depends_on:
+                dep = ids.get(d, d)
+                if dep not in self.tasks and dep not in ids.values():
+                    raise UnknownTask(d, self.run_id)
+                deps.append(dep)
+            task.depends_on = sorted(set(deps), key=_natural)
+        for task in new:
+            self.graph.add_task(task.id)
+        try:
+            for task in new:
+                for dep in task.depends_on:
+                    self.graph.add_dependency(task.id, dep)
+        except Exception:
+            for task in new:
+                self.graph._g.remove_node(task.id)
+            raise
+        self._next_task += len(new)
+        for task in new:
+            self.tasks[task.id] = task
+            self.attempts[task.id] = []
+            self._counts[task.status] += 1
+            self._emit("task_created", task.id, title=task.title, profile=task.profile,
+                       depends_on=task.depends_on, created_by=created_by)
+            self._save(task)
+            self.store.set_deps(self.run_id, task.id, task.depends_on)
+            self._dirty.add(task.id)
+        self._priority = None
+        self._notify()
+        return new
+
+    def task(self, task_id: str) -> Task:
+        try:
+            return self.tasks[task_id]
+        except KeyError:
+            raise UnknownTask(task_id, self.run_id) from None
+
+    def _prio(self, task_id: str) -> int:
+        """Longest chain of work still behind a task: start those first (list scheduling
+        by critical path gets close to the best makespan)."""
+        if self._priority is None:
+            height: dict[str, int] = {}
+            for t in reversed(self.graph.topological_order()):
+                height[t] = 1 + max((height[d] for d in self.graph.dependents(t)), default=0)
+            self._priority = height
+        return self._priority.get(task_id, 1)
+
+    def counts(self) -> dict[str, int]:
+        return {s.value: self._counts.get(s, 0) for s in TaskStatus}
+
+    # ------------------------------------------------------------------ loop
+    def start(self, loop: asyncio.AbstractEventLoop) -> asyncio.Task:
+        self.loop = loop
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._main_task = loop.create_task(self._main(), name=f"agentorch:{self.run_id}")
+        return self._main_task
+
+    def wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _main(self) -> None:
+        try:
+            for hook in self.on_start:
+                await hook(self)
+            if not self.planned:
+                await self._plan()
+            while not self.status.finished:
+                self._wake.clear()
+                self._step()
+                if self.status.finished:
+                    break
+                await self._wake.wait()
+        except asyncio.CancelledError:
+            await self._stop_workers(STOP_CANCEL)
+            if not self.status.finished:
+                self._set_run_status(RunStatus.CANCELLED)
+            raise
+        except Exception as exc:  # noqa: BLE001 - stored on the run, shown to the user
+            log.exception("run %s failed", self.run_id)
+            await self._stop_workers(STOP_CANCEL)
+            self._set_run_status(RunStatus.FAILED, f"{type(exc).__name__}: {exc}")
+        finally:
+            for cb in self.on_stop:
+                cb(self)
+            await self.store.flush()
+            self._notify()
+
+    async def _plan(self) -> None:
+        ctx = Context(self.run_id, self.objective, self.workspace, _engine=self)
+        async with asyncio.timeout(self.config.plan_timeout):
+            specs = await self.agents.director.plan(self.objective, ctx)
+        if not specs:
+            raise InvalidInput("the Director produced no tasks for this objective")
+        self.add_tasks(list(specs), created_by="director")
+        self.planned = True
+        self._emit("planned", None, tasks=len(specs))
+        await self.store.flush()
+
+    def _step(self) -> None:
+        if self._dirty:
+            dirty, self._dirty = self._dirty, set()
+            status = {t: task.status for t, task in self.tasks.items()}
+            ready, orphaned = self.graph.readiness(status, dirty)
+            for tid in ready:
+                self.move(tid, S.READY)
+            for tid, gone in orphaned:
+                self.move(tid, S.WAITING_HUMAN, f"dependency {', '.join(gone)} was abandoned")
+                self.raise_interrupt(tid, "dependency_abandoned",
+                                     f"depends on abandoned {', '.join(gone)}: retry to wait "
+                                     "for a replacement, or spawn one, or abandon this task too",
+                                     abandoned=gone)
+        if self.status in (RunStatus.RUNNING, RunStatus.PAUSED):
+            while self._ready and len(self.running) < self.config.max_concurrent_workers:
+                _, _, tid = heapq.heappop(self._ready)
+                if self.tasks[tid].status != S.READY:
+                    continue  # stale heap entry: moved since it was pushed
+                self._launch(tid)
+        self._settle()
+
+    def _settle(self) -> None:
+        if self.status.finished:
+            return
+        c = self._counts
+        if self.running or c[S.READY] or c[S.ACTIVE] or c[S.AWAITING_QA] or self._dirty:
+            self._set_run_status(RunStatus.RUNNING)
+        elif c[S.COMPLETE] + c[S.ABANDONED] == len(self.tasks):
+            self._set_run_status(RunStatus.COMPLETED)
+        else:  # only waiting_human / planned-behind-them are left
+            self._set_run_status(RunStatus.PAUSED)
+
+    def _launch(self, tid: str) -> None:
+        task = self.tasks[tid]
+        task.attempts += 1
+        history = list(self.attempts[tid])
+        attempt = Attempt(self.run_id, tid, task.attempts, utcnow(), guidance=task.guidance)
+        self.attempts[tid].append(attempt)
+        self.move(tid, S.ACTIVE)
+        self._emit("attempt_started", tid, attempt=attempt.number)
+        self._save_attempt(attempt)
+        ctx = Context(self.run_id, self.objective, self.workspace, tid, attempt.number,
+                      history, task.guidance, _engine=self)
+        self.running[tid] = self.loop.create_task(self._attempt(task, attempt, ctx),
+                                                  name=f"agentorch:{self.run_id}:{tid}")
+        self.max_running_seen = max(self.max_running_seen, len(self.running))
+
+    async def _attempt(self, task: Task, attempt: Attempt, ctx: Context) -> None:
+        tid = task.id
+        try:
+            try:
+                async with asyncio.timeout(self.config.worker_timeout):
+                    result = await self.agents.worker.run(task.copy(), ctx)
+                if not isinstance(result, WorkResult):
+                    raise TypeError(f"worker returned {type(result).__name__}, not WorkResult")
+            except TimeoutError:
+                self._fail(task, attempt, Outcome.TIMEOUT,
+                           f"worker gave no result within {self.config.worker_timeout:g} s")
+                return
+            except asyncio.CancelledError:
+                self._stopped(task, attempt)
+                return
+            except Exception as exc:  # noqa: BLE001 - a failed attempt, never a dead loop
+                self._fail(task, attempt, Outcome.ERROR, _describe(exc))
+                return
+            attempt.summary = task.result_summary = result.summary
+            if not result.ok:
+                self._fail(task, attempt, Outcome.ERROR, result.error or "worker reported failure")
+                return
+            self.move(tid, S.AWAITING_QA)
+            try:
+                async with asyncio.timeout(self.config.qa_timeout):
+                    verdict = await self.agents.strategist.review(task.copy(), result, ctx)
+            except TimeoutError:
+                self._fail(task, attempt, Outcome.TIMEOUT,
+                           f"QA gave no verdict within {self.config.qa_timeout:g} s")
+                return
+            except asyncio.CancelledError:
+                self._stopped(task, attempt)
+                return
+            except Exception as exc:  # noqa: BLE001
+                self._fail(task, attempt, Outcome.ERROR, "QA failed: " + _describe(exc))
+                return
+            task.qa_verdict = "approved" if verdict.approved else "rejected"
+            task.qa_feedback = attempt.qa_feedback = verdict.feedback or None
+            if not verdict.approved:
+                self._fail(task, attempt, Outcome.REJECTED, "QA rejected the work",
+                           feedback=verdict.feedback)
+                return
+            self._finish_attempt(attempt, Outcome.APPROVED)
+            if result.new_tasks:
+                self.add_tasks(list(result.new_tasks), created_by=tid)
+            self.move(tid, S.COMPLETE)
+        finally:
+            self.running.pop(tid, None)
+            try:
+                # A finished attempt is on disk before anything acts on it.
+                await asyncio.shield(self.store.flush())
+            finally:
+                self.wake()
+
+    def _finish_attempt(self, attempt: Attempt, outcome: Outcome, reason: str | None = None) -> None:
+        attempt.finished_at = utcnow()
+        attempt.outcome = outcome
+        attempt.failure_reason = reason
+        self._save_attempt(attempt)
+        self._emit("attempt_finished", attempt.task_id, attempt=attempt.number,
+                   outcome=outcome, reason=reason)
+
+    def _fail(self, task: Task, attempt: Attempt, outcome: Outcome, reason: str,
+              feedback: str | None = None) -> None:
+        attempt.qa_feedback = feedback or attempt.qa_feedback
+        self._finish_attempt(attempt, outcome, reason)
+        self.move(task.id, S.FAILED, reason)
+        self.after_failure(task, reason)
+
+    def after_failure(self, task: Task, reason: str) -> None:
+        """Phoenix: retry with the history, or hand the task to a human."""
+        if phoenix.should_retry(task):
+            task.retries_used += 1
+            self.move(task.id, S.PLANNED, f"retry {task.retries_used} of {task.max_retries}: {reason}")
+        else:
+            self.move(task.id, S.WAITING_HUMAN, f"retries exhausted: {reason}")
+            self.raise_interrupt(task.id, "retries_exhausted",
+                                 f"{task.attempts} attempts failed; last: {reason}")
+
+    def _stopped(self, task: Task, attempt: Attempt) -> None:
+        """The attempt's coroutine was cancelled: say why it was, and where the task goes."""
+        why = self._stop_reason.pop(task.id, STOP_CANCEL)
+        if why == STOP_INTERRUPT:
+            self._finish_attempt(attempt, Outcome.INTERRUPTED, "interrupted by a human")
+            self.move(task.id, S.WAITING_HUMAN, "interrupted by a human")
+            self.raise_interrupt(task.id, "human", "interrupted by a human while it ran")
+        elif why == STOP_ABANDON:
+            self._finish_attempt(attempt, Outcome.INTERRUPTED, "task abandoned")
+            self.move(task.id, S.ABANDONED, "abandoned while it ran")
+        else:
+            self._finish_attempt(attempt, Outcome.INTERRUPTED, "run cancelled")
+            self.move(task.id, S.FAILED, "run cancelled")
+
+    def stop_attempt(self, task_id: str, why: str) -> None:
+        self._stop_reason[task_id] = why
+        self.running[task_id].cancel()
+
+    async def _stop_workers(self, why: str) -> None:
+        pending = list(self.running.items())
+        for tid, _ in pending:
+            self.stop_attempt(tid, why)
+        if pending:
+            await asyncio.gather(*(t for _, t in pending), return_exceptions=True)
+
+    def raise_interrupt(self, task_id: str, kind: str, reason: str, **context: Any) -> Interrupt:
+        it = Interrupt(id=f"i-{uuid.uuid4().hex[:8]}", run_id=self.run_id, task_id=task_id,
+                       reason=reason, kind=kind, context=context)
+        self.open_interrupts[task_id] = it
+        self.store.upsert("interrupts", interrupt_row(it))
+        self._emit("interrupt", task_id, interrupt_id=it.id, kind=kind, reason=reason)
+        return it
+
+    # ----------------------------------------------------------- waiting on it
+    async def wait(self, stop_on_pause: bool = True) -> RunStatus:
+        while True:
+            done = self.status.finished and (self._main_task is None or self._main_task.done())
+            if done or (stop_on_pause and self.status == RunStatus.PAUSED):
+                return self.status
+            self._changed.clear()
+            if self._main_task is not None and self._main_task.done():
+                return self.status
+            waiter = asyncio.ensure_future(self._changed.wait())
+            await asyncio.wait({waiter, self._main_task}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+
+    def require(self, task_id: str, *allowed: TaskStatus, doing: str) -> Task:
+        task = self.task(task_id)
+        if task.status not in allowed:
+            raise ResolutionError(
+                f"cannot {doing} task {task_id!r}: it is {task.status.value}, and that needs "
+                f"{' or '.join(s.value for s in allowed)}"
+            )
+        return task
+
+
+def _describe(exc: BaseException) -> str:
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno})" if tb else ""
+    return f"{type(exc).__name__}: {exc}{where}"

@@ -1,0 +1,73 @@
+"""How agents plug into the engine: three small protocols and the context they receive.
+
+A Director turns the objective into tasks, a Worker does one attempt of one task, a
+Strategist judges the attempt. The engine knows nothing else about them, so the
+deterministic agents of :mod:`agentorch_nb.testing` and the LLM agents share one path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from .._proc import CommandResult, run_command
+from ..model import Attempt, Task, TaskSpec, Verdict, WorkResult
+from .phoenix import phoenix_brief
+
+if TYPE_CHECKING:
+    from .dispatch import Engine
+
+
+@dataclass
+class Context:
+    """What an agent sees of the run, and how it records what it says."""
+
+    run_id: str
+    objective: str
+    workspace: Path | None
+    task_id: str | None = None
+    attempt: int = 0
+    history: list[Attempt] = field(default_factory=list)  # earlier attempts, oldest first
+    guidance: str | None = None  # a human's words for this attempt
+    _engine: Engine | None = field(default=None, repr=False)
+
+    def log(self, role: str, content: str, **metadata: Any) -> None:
+        """Record one message of this agent's conversation (stored in ``messages``)."""
+        if self._engine is not None:
+            self._engine.record_message(self.task_id, self.attempt, role, content, metadata)
+
+    def phoenix_brief(self) -> str:
+        """The earlier attempts and the human's guidance, as text for a prompt."""
+        return phoenix_brief(self.history, self.guidance)
+
+    async def run_command(
+        self, argv: Sequence[str], *, cwd: str | Path | None = None, timeout: float | None = None
+    ) -> CommandResult:
+        """Run a subprocess in its own process group; cancelling the attempt kills the group."""
+        return await run_command(argv, cwd=cwd or self.workspace, timeout=timeout)
+
+
+@runtime_checkable
+class Director(Protocol):
+    async def plan(self, objective: str, ctx: Context) -> list[TaskSpec]: ...
+
+
+@runtime_checkable
+class Worker(Protocol):
+    async def run(self, task: Task, ctx: Context) -> WorkResult: ...
+
+
+@runtime_checkable
+class Strategist(Protocol):
+    async def review(self, task: Task, result: WorkResult, ctx: Context) -> Verdict: ...
+
+
+@dataclass
+class Agents:
+    """The team a run uses."""
+
+    director: Director
+    worker: Worker
+    strategist: Strategist

@@ -1,0 +1,368 @@
+"""The DuckDB store: one file, reached through one thread per process.
+
+DuckDB lets one process at a time hold a database file open, and a process that holds it
+blocks every other process, readers included. So no connection here lives long: the store's
+thread opens the file for a batch of work, does it in one transaction and lets go, and a
+process that finds the file held retries with backoff until ``lock_timeout``. That is what
+lets a second notebook, the server extension or the ``duckdb`` CLI read a live run and post
+commands into it. ``docs/architecture.md`` gives the numbers behind this choice.
+
+Writes are queued without waiting (``append``, ``upsert``, ``set_deps``) and committed in
+batches; ``await store.flush()`` returns once everything queued before it is on disk.
+Reads are functions run in the store's thread with a connection: ``await store.call(fn)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures as cf
+import json
+import logging
+import os
+import random
+import re
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..exceptions import InvalidInput, StoreBusy
+from ..model import utcnow
+from .migrations import migrate
+
+log = logging.getLogger("agentorch_nb.store")
+T = TypeVar("T")
+
+# Primary keys of the tables that take upserts: rows with the same key in one batch
+# collapse to the last one.
+KEYS: dict[str, tuple[str, ...]] = {
+    "runs": ("run_id",),
+    "tasks": ("run_id", "task_id"),
+    "attempts": ("run_id", "task_id", "attempt"),
+    "interrupts": ("run_id", "interrupt_id"),
+    "resolutions": ("run_id", "resolution_id"),
+    "commands": ("run_id", "command_id"),
+}
+TIMED = {"events", "messages", "tool_calls", "llm_calls", "insights", "design_decisions", "merges"}
+MEMORY = ":memory:"
+# How long the thread keeps the file open while work keeps arriving, and how long it then
+# stays away so that other processes get their turn.
+HOLD_SECONDS = 0.15
+GAP_SECONDS = 0.02
+
+
+def default_path(workspace: str | os.PathLike) -> Path:
+    return Path(workspace) / ".agentorch" / "agentorch.duckdb"
+
+
+class _Batch:
+    def __init__(self) -> None:
+        self.appends: dict[str, list[dict]] = {}
+        self.upserts: dict[str, dict[tuple, dict]] = {}
+        self.deps: dict[tuple[str, str], list[str]] = {}
+        self.calls: list[tuple[Callable, cf.Future]] = []
+        self.flushes: list[cf.Future] = []
+
+    def has_writes(self) -> bool:
+        return bool(self.appends or self.upserts or self.deps)
+
+    def empty(self) -> bool:
+        return not (self.has_writes() or self.calls or self.flushes)
+
+    def size(self) -> int:
+        return sum(map(len, self.appends.values())) + sum(map(len, self.upserts.values()))
+
+
+class Store:
+    """A DuckDB file shared safely by the threads of this process and by other processes.
+
+    >>> s = Store.open(":memory:")
+    >>> s.append("insights", {"run_id": "r1", "content": "hello"})
+    >>> s.flush_sync()
+    >>> s.query("select content from insights").content.tolist()
+    ['hello']
+    """
+
+    _open: dict[str, weakref.ref[Store]] = {}
+    _open_lock = threading.Lock()
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike = MEMORY,
+        *,
+        create: bool = True,
+        lock_timeout: float = 30.0,
+        flush_interval: float = 0.05,
+    ) -> Store:
+        """The store of ``path`` in this process (one per file, shared), opened if needed."""
+        key = MEMORY if str(path) == MEMORY else str(Path(path).expanduser().resolve())
+        if key != MEMORY and not create and not Path(key).exists():
+            raise InvalidInput(f"there is no agentorch store at {key}")
+        with cls._open_lock:
+            existing = cls._open.get(key)
+            store = existing() if existing else None
+            if store is None or store._closed:
+                store = cls(key, lock_timeout=lock_timeout, flush_interval=flush_interval)
+                if key != MEMORY:
+                    cls._open[key] = weakref.ref(store)
+            return store
+
+    def __init__(self, path: str, *, lock_timeout: float, flush_interval: float) -> None:
+        self.path = path
+        self.lock_timeout = lock_timeout
+        self.flush_interval = flush_interval
+        if path != MEMORY:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._cond = threading.Condition()
+        self._batch = _Batch()
+        self._closed = False
+        self._con = None  # open connection of the store thread, while it holds the file
+        self._migrated = False
+        self._thread = threading.Thread(target=self._serve, name="agentorch-store", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    def __repr__(self) -> str:
+        return f"Store({self.path!r})"
+
+    # ----------------------------------------------------------------- writes
+    def append(self, table: str, row: dict[str, Any]) -> None:
+        """Queue one row for an append-only table; ``ts`` defaults to now."""
+        if table in TIMED and row.get("ts") is None:
+            row = {**row, "ts": utcnow()}
+        with self._cond:
+            self._batch.appends.setdefault(table, []).append(row)
+            self._cond.notify()
+
+    def upsert(self, table: str, row: dict[str, Any]) -> None:
+        """Queue the whole current row of a keyed table (``KEYS``)."""
+        key = tuple(row[k] for k in KEYS[table])
+        with self._cond:
+            self._batch.upserts.setdefault(table, {})[key] = row
+            self._cond.notify()
+
+    def set_deps(self, run_id: str, task_id: str, depends_on: list[str]) -> None:
+        """Queue the full dependency list of one task."""
+        with self._cond:
+            self._batch.deps[(run_id, task_id)] = list(depends_on)
+            self._cond.notify()
+
+    def flush_future(self) -> cf.Future:
+        fut: cf.Future = cf.Future()
+        with self._cond:
+            if self._closed:
+                fut.set_result(None)
+                return fut
+            self._batch.flushes.append(fut)
+            self._cond.notify()
+        return fut
+
+    async def flush(self) -> None:
+        """Return once every write queued before this call is committed."""
+        await asyncio.wrap_future(self.flush_future())
+
+    def flush_sync(self, timeout: float | None = None) -> None:
+        self.flush_future().result(timeout)
+
+    # ------------------------------------------------------------------ reads
+    def submit(self, fn: Callable[[Any], T]) -> cf.Future:
+        """Run ``fn(connection)`` in the store thread, after the writes queued before it."""
+        fut: cf.Future = cf.Future()
+        with self._cond:
+            if self._closed:
+                raise InvalidInput(f"{self!r} is closed")
+            self._batch.calls.append((fn, fut))
+            self._cond.notify()
+        return fut
+
+    async def call(self, fn: Callable[[Any], T]) -> T:
+        return await asyncio.wrap_future(self.submit(fn))
+
+    def call_sync(self, fn: Callable[[Any], T]) -> T:
+        return self.submit(fn).result()
+
+    def query(self, sql: str, params: list | dict | None = None):
+        """Run one SQL statement and return a pandas DataFrame (blocking)."""
+        return self.call_sync(lambda con: con.execute(sql, params or []).df())
+
+    def rows(self, sql: str, params: list | None = None) -> list[dict[str, Any]]:
+        return self.call_sync(lambda con: _dicts(con.execute(sql, params or [])))
+
+    # -------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            done = cf.Future()
+            self._batch.flushes.append(done)
+            self._closed = True
+            self._cond.notify()
+        try:
+            done.result(timeout=self.lock_timeout + 5)
+        except Exception:  # noqa: BLE001 - shutting down; the error was logged by the thread
+            pass
+        self._thread.join(timeout=5)
+
+    # ---------------------------------------------------------- store thread
+    def _serve(self) -> None:
+        held_since = None
+        while True:
+            with self._cond:
+                if self._batch.empty() and not self._closed:
+                    if self._con is not None:
+                        # Nothing to do: let other processes have the file.
+                        self._release()
+                        held_since = None
+                    self._cond.wait()
+                # Writes alone may linger a little to travel with company; a flush or a
+                # read wants them now.
+                if not (self._batch.calls or self._batch.flushes or self._closed):
+                    deadline = time.monotonic() + self.flush_interval
+                    while (
+                        not (self._batch.calls or self._batch.flushes or self._closed)
+                        and self._batch.size() < 5000
+                        and (left := deadline - time.monotonic()) > 0
+                    ):
+                        self._cond.wait(left)
+                batch, self._batch = self._batch, _Batch()
+                closing = self._closed
+            if not batch.empty():
+                if held_since is not None and time.monotonic() - held_since > HOLD_SECONDS:
+                    self._release()
+                    time.sleep(GAP_SECONDS)
+                    held_since = None
+                try:
+                    if self._con is None:
+                        self._con = self._connect()
+                        held_since = time.monotonic()
+                    self._run(batch)
+                except BaseException as exc:  # noqa: BLE001 - handed to every waiter
+                    log.exception("store batch failed")
+                    self._release()
+                    held_since = None
+                    for _, fut in batch.calls:
+                        _settle(fut, exc=exc)
+                    for fut in batch.flushes:
+                        _settle(fut, exc=exc)
+            if closing:
+                with self._cond:
+                    leftover, self._batch = self._batch, _Batch()
+                for fut in leftover.flushes + [f for _, f in leftover.calls]:
+                    _settle(fut, exc=InvalidInput("store closed"))
+                self._release(final=True)
+                return
+
+    def _release(self, final: bool = False) -> None:
+        if self._con is not None and (self.path != MEMORY or final):
+            try:
+                self._con.close()
+            finally:
+                self._con = None
+
+    def _connect(self):
+        import duckdb
+
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.002
+        while True:
+            try:
+                con = duckdb.connect(self.path)
+                break
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower():
+                    raise
+                if time.monotonic() >= deadline:
+                    holder = re.search(r"PID (\d+)", str(exc))
+                    who = f"process {holder.group(1)}" if holder else "another process"
+                    raise StoreBusy(
+                        f"{self.path} stayed locked by {who} for {self.lock_timeout:.0f} s. "
+                        "Close long-lived DuckDB connections to it (use agentorch_nb.sql(), "
+                        "which lets go after each query) or raise Config.lock_timeout."
+                    ) from exc
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.05)
+        if not self._migrated:
+            migrate(con)
+            self._migrated = True
+        return con
+
+    def _run(self, batch: _Batch) -> None:
+        con = self._con
+        if batch.has_writes():
+            con.execute("begin transaction")
+            try:
+                for table, rows in batch.appends.items():
+                    _insert(con, table, rows, replace=False)
+                for table, keyed in batch.upserts.items():
+                    _insert(con, table, list(keyed.values()), replace=True)
+                for (run_id, task_id), deps in batch.deps.items():
+                    con.execute(
+                        "delete from task_deps where run_id = ? and task_id = ?", [run_id, task_id]
+                    )
+                    if deps:
+                        _insert(
+                            con,
+                            "task_deps",
+                            [{"run_id": run_id, "task_id": task_id, "depends_on": d} for d in deps],
+                            replace=False,
+                        )
+                con.execute("commit")
+            except BaseException:
+                con.execute("rollback")
+                raise
+        for fn, fut in batch.calls:
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(con))
+            except BaseException as exc:  # noqa: BLE001 - the caller gets it
+                fut.set_exception(exc)
+        for fut in batch.flushes:
+            _settle(fut)
+
+
+def _settle(fut: cf.Future, exc: BaseException | None = None) -> None:
+    if fut.done():
+        return
+    if exc is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(exc)
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, default=str)
+    if hasattr(value, "value") and isinstance(getattr(value, "value"), str):  # StrEnum
+        return value.value
+    return value
+
+
+def _insert(con, table: str, rows: list[dict], *, replace: bool) -> None:
+    """Insert many rows at once through a pandas frame: DuckDB scans it in bulk, two orders
+    of magnitude faster than executemany."""
+    import pandas as pd
+
+    cols = list(dict.fromkeys(c for r in rows for c in r))
+    frame = pd.DataFrame(
+        {c: pd.Series([_cell(r.get(c)) for r in rows], dtype=object) for c in cols}
+    )
+    verb = "insert or replace" if replace else "insert"
+    names = ", ".join(cols)
+    con.register("_agentorch_rows", frame)
+    try:
+        con.execute(f"{verb} into {table} ({names}) select {names} from _agentorch_rows")
+    finally:
+        try:
+            con.unregister("_agentorch_rows")
+        except Exception:  # noqa: BLE001 - an aborted transaction refuses it; the insert's error matters
+            pass
+
+
+def _dicts(cursor) -> list[dict[str, Any]]:
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
