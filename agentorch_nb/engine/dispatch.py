@@ -84,6 +84,7 @@ class Engine:
         self._ready: list[tuple[int, tuple, str]] = []  # heap: (-priority, natural id, id)
         self._priority: dict[str, int] | None = None
         self._stop_reason: dict[str, str] = {}
+        self._fatal: BaseException | None = None
         self._wake: asyncio.Event | None = None
         self._changed: asyncio.Event | None = None
         self._main_task: asyncio.Task | None = None
@@ -92,7 +93,7 @@ class Engine:
         self.on_stop: list = []  # callables run when the loop ends
 
     # ------------------------------------------------------------- recording
-    def _emit(self, kind: str, task_id: str | None = None, **payload: Any) -> None:
+    def _emit(self, kind: str, task_id: str | None = None, /, **payload: Any) -> None:
         self._seq += 1
         self.store.append(
             "events",
@@ -257,6 +258,8 @@ class Engine:
                 await self._plan()
             while not self.status.finished:
                 self._wake.clear()
+                if self._fatal is not None:
+                    raise self._fatal
                 self._step()
                 if self.status.finished:
                     break
@@ -330,8 +333,10 @@ class Engine:
         self._save_attempt(attempt)
         ctx = Context(self.run_id, self.objective, self.workspace, tid, attempt.number,
                       history, task.guidance, _engine=self)
-        self.running[tid] = self.loop.create_task(self._attempt(task, attempt, ctx),
-                                                  name=f"agentorch:{self.run_id}:{tid}")
+        runner = self.loop.create_task(self._attempt(task, attempt, ctx),
+                                       name=f"agentorch:{self.run_id}:{tid}")
+        runner.add_done_callback(self._attempt_done)
+        self.running[tid] = runner
         self.max_running_seen = max(self.max_running_seen, len(self.running))
 
     async def _attempt(self, task: Task, attempt: Attempt, ctx: Context) -> None:
@@ -387,6 +392,13 @@ class Engine:
                 await asyncio.shield(self.store.flush())
             finally:
                 self.wake()
+
+    def _attempt_done(self, runner: asyncio.Task) -> None:
+        # Worker errors are failed attempts; an exception here is a bug in the engine
+        # itself. It fails the run loudly instead of vanishing with the task.
+        if not runner.cancelled() and runner.exception() is not None and self._fatal is None:
+            self._fatal = runner.exception()
+            self.wake()
 
     def _finish_attempt(self, attempt: Attempt, outcome: Outcome, reason: str | None = None) -> None:
         attempt.finished_at = utcnow()
