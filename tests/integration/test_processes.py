@@ -1,0 +1,132 @@
+"""Two real processes on one store: reading a live run, steering it, and surviving a kill."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import agentorch_nb as ao
+from agentorch_nb import RunStatus
+from agentorch_nb.testing import Agents, TestDirector, TestStrategist
+from tests.integration import child_run
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def spawn(scenario: str, repo: Path, journal: Path) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(child_run.__file__)), scenario, str(repo), str(journal)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    run_id = proc.stdout.readline().strip()
+    assert run_id.startswith("run-"), proc.stderr.read()
+    return proc, run_id
+
+
+def until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_second_process_reads_a_live_run_and_resolves_it(repo, tmp_path):
+    proc, run_id = spawn("hitl", repo, tmp_path / "journal")
+    try:
+        orch = ao.Orchestrator(repo)  # this process: no engine, only the store
+        until(lambda: run_id in [r.id for r in orch.runs()], 30, "the run to reach the store")
+        run = orch.run(run_id)
+        assert [r.id for r in orch.runs()] == [run_id]
+        until(lambda: any(i.task_id == "t1" for i in run.interrupts()), 30, "t1 to wait for a human")
+
+        # While the other process keeps writing, this one reads everything, many times over.
+        reads = 0
+        for _ in range(20):
+            assert run.status in (RunStatus.RUNNING, RunStatus.PAUSED)
+            assert len(run.tasks) == child_run.BUSY + 1
+            assert len(run.messages("t1")) >= 2
+            assert len(ao.sql("select * from events where run_id = ?", [run_id],
+                              store=orch.store.path)) > 0
+            reads += 1
+        assert run.task("t1").status == ao.TaskStatus.WAITING_HUMAN
+
+        busy_before = run.store.rows(
+            "select count(*) as n from tasks where run_id = ? and status = 'complete'", [run_id])[0]["n"]
+        started = time.monotonic()
+        assert run.resolve("t1", "retry", guidance="take the simpler design") == "applied"
+        picked_up = time.monotonic() - started
+        assert picked_up < 2.0, f"the engine took {picked_up:.2f} s to apply the resolution"
+        assert run.task("t1").status != ao.TaskStatus.WAITING_HUMAN
+
+        with pytest.raises(ao.ResolutionError, match="only waiting_human"):
+            run.resolve("t2", "retry")
+
+        assert proc.wait(60) == 0, proc.stderr.read()
+        assert proc.stdout.read().strip() == "completed"
+        assert busy_before < child_run.BUSY  # the resolution arrived while the run was still busy
+        t1 = run.task("t1")
+        assert t1.status == ao.TaskStatus.COMPLETE and t1.attempts == 2
+        (res,) = run.store.rows("select * from resolutions where run_id = ?", [run_id])
+        assert res["source"] == f"process:{os.getpid()}@{os.uname().nodename}"
+        assert "Guidance from a human: take the simpler design" in "".join(
+            run.messages("t1").content.tolist())
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_killed_run_resumes_in_a_new_process_without_losing_or_redoing_work(repo, tmp_path):
+    journal = tmp_path / "journal"
+    proc, run_id = spawn("crash", repo, journal)
+    orch = ao.Orchestrator(repo)
+    complete = lambda: {r["task_id"] for r in orch.store.rows(  # noqa: E731
+        "select task_id from tasks where run_id = ? and status = 'complete'", [run_id])}
+    active = lambda: {r["task_id"] for r in orch.store.rows(  # noqa: E731
+        "select task_id from tasks where run_id = ? and status in ('active', 'awaiting_qa')", [run_id])}
+    until(lambda: len(complete()) >= 8 and active(), 60, "eight tasks done and more under way")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    done_before, active_before = complete(), active()
+    assert 8 <= len(done_before) < 30 and active_before
+
+    specs, worker, config = child_run.scenario("crash", str(journal))
+    run = orch.resume(run_id, agents=Agents(TestDirector(specs), worker, TestStrategist()))
+    assert run.wait_sync(60) == RunStatus.COMPLETED
+    assert len(complete()) == 30
+
+    calls: dict[str, int] = {}
+    for line in journal.read_text().splitlines():
+        tid, _ = line.split()
+        calls[tid] = calls.get(tid, 0) + 1
+    for tid in done_before:  # nothing completed is redone
+        assert calls[tid] == 1, f"{tid} was completed before the kill but ran again"
+    for tid in active_before:  # cut-off attempts are counted and retried
+        rows = orch.store.rows("select attempt, outcome from attempts where run_id = ? and task_id = ? "
+                               "order by attempt", [run_id, tid])
+        assert [r["outcome"] for r in rows] == ["interrupted", "approved"]
+        assert "engine process ended" in orch.store.rows(
+            "select failure_reason from attempts where run_id = ? and task_id = ? and attempt = 1",
+            [run_id, tid])[0]["failure_reason"]
+    assert orch.runs()[0].status == RunStatus.COMPLETED
+
+
+def test_resume_refuses_a_run_another_live_process_drives(repo, tmp_path):
+    proc, run_id = spawn("hitl", repo, tmp_path / "journal")
+    try:
+        orch = ao.Orchestrator(repo)
+        until(lambda: run_id in [r.id for r in orch.runs()] and orch.run(run_id).tasks, 30,
+              "the run to be planned")
+        with pytest.raises(ao.RunBusyElsewhere, match=str(proc.pid)):
+            orch.resume(run_id)
+    finally:
+        proc.kill()
+        proc.wait()
