@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import subprocess
 
 import pytest
 
@@ -341,3 +342,29 @@ async def test_wait_sync_refuses_the_loop_it_would_block(orch_factory):
     with pytest.raises(ao.WrongLoop, match="await run.wait"):
         run.wait_sync(1)
     await run.wait(10)
+
+
+def test_default_store_lives_in_the_workspace_and_stays_out_of_git(repo, orch_factory):
+    orch = orch_factory(chain("a"))
+    assert orch.store.path == str(repo / ".agentorch" / "agentorch.duckdb")
+    exclude = (repo / ".git" / "info" / "exclude").read_text().splitlines()
+    assert exclude.count(".agentorch/") == 1
+    orch_factory(chain("a"))  # a second orchestrator adds no second line
+    assert (repo / ".git" / "info" / "exclude").read_text().splitlines().count(".agentorch/") == 1
+    assert orch.start("x").wait_sync(10) == RunStatus.COMPLETED
+    status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"],
+                            capture_output=True, text=True).stdout
+    assert status == ""
+
+
+async def test_memory_store_runs_and_keeps_nothing_on_disk(repo, orch_factory):
+    run = orch_factory(chain("a", "b"), store=":memory:").start("x")
+    assert await run.wait(10) == RunStatus.COMPLETED
+    assert not (repo / ".agentorch").exists()
+    assert len(run.events()) > 0
+
+
+def test_plain_python_runs_on_the_background_loop(orch_factory):
+    run = orch_factory(chain("a", "b", "c"), worker=TestWorker(latency=0.01)).start("x")
+    assert run.wait_sync(10) == RunStatus.COMPLETED
+    assert [t.status for t in run.tasks] == [S.COMPLETE] * 3
