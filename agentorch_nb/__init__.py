@@ -1,8 +1,9 @@
 """agentorch_nb: multi-agent LLM software workflows, run from a Jupyter notebook.
 
->>> import agentorch_nb as ao                      # doctest: +SKIP
->>> orch = ao.Orchestrator(workspace="my-repo")    # doctest: +SKIP
->>> run = orch.start("Add a --json flag")          # doctest: +SKIP
+    import agentorch_nb as ao
+    orch = ao.Orchestrator(workspace="my-repo")
+    run = orch.start("Add a --json flag")
+    await run.wait()
 """
 
 from .config import Config

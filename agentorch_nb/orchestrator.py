@@ -1,9 +1,9 @@
 """The public face: an :class:`Orchestrator` per workspace, a :class:`Run` per objective.
 
->>> import agentorch_nb as ao                                   # doctest: +SKIP
->>> orch = ao.Orchestrator(workspace="path/to/repo")            # doctest: +SKIP
->>> run = orch.start("Add a --json flag to the CLI")            # doctest: +SKIP
->>> await run.wait()                                            # doctest: +SKIP
+    import agentorch_nb as ao
+    orch = ao.Orchestrator(workspace="path/to/repo")
+    run = orch.start("Add a --json flag to the CLI")
+    await run.wait()
 """
 
 from __future__ import annotations
@@ -388,7 +388,8 @@ def _exclude(workspace: Path, pattern: str) -> None:
 def sql(query: str, params: list | None = None, *, store: str | os.PathLike | None = None):
     """Run SQL over a store and return a pandas DataFrame.
 
-    >>> ao.sql("select status, count(*) from tasks group by status", store="ws/.agentorch/agentorch.duckdb")  # doctest: +SKIP
+        ao.sql("select status, count(*) from tasks group by status",
+               store="ws/.agentorch/agentorch.duckdb")
     """
     if store is None:
         if _last_store is None:

@@ -38,6 +38,7 @@ def test_a_newer_schema_is_refused_with_advice(tmp_path):
     store = Store.open(path)
     with pytest.raises(ao.AgentorchError, match="upgrade agentorch_nb"):
         store.rows("select 1")
+    store.close()
 
 
 def test_writes_wait_for_a_flush_and_upserts_keep_the_last_row(tmp_path):
