@@ -25,7 +25,7 @@ from typing import Any
 
 from ..config import Config
 from ..dag import TaskGraph, _natural
-from ..exceptions import InvalidInput, ResolutionError, UnknownTask
+from ..exceptions import CycleError, InvalidInput, ResolutionError, UnknownTask
 from ..model import (
     Attempt,
     Interrupt,
@@ -343,47 +343,33 @@ class Engine:
         tid = task.id
         try:
             try:
-                async with asyncio.timeout(self.config.worker_timeout):
-                    result = await self.agents.worker.run(task.copy(), ctx)
+                result = await _bounded(self.agents.worker.run(task.copy(), ctx),
+                                        self.config.worker_timeout, "worker")
                 if not isinstance(result, WorkResult):
-                    raise TypeError(f"worker returned {type(result).__name__}, not WorkResult")
-            except TimeoutError:
-                self._fail(task, attempt, Outcome.TIMEOUT,
-                           f"worker gave no result within {self.config.worker_timeout:g} s")
+                    raise _Failed(Outcome.ERROR,
+                                  f"worker returned {type(result).__name__}, not WorkResult")
+                attempt.summary = task.result_summary = result.summary
+                if not result.ok:
+                    raise _Failed(Outcome.ERROR, result.error or "worker reported failure")
+                self.move(tid, S.AWAITING_QA)
+                verdict = await _bounded(self.agents.strategist.review(task.copy(), result, ctx),
+                                         self.config.qa_timeout, "QA")
+                task.qa_verdict = "approved" if verdict.approved else "rejected"
+                task.qa_feedback = attempt.qa_feedback = verdict.feedback or None
+                if not verdict.approved:
+                    raise _Failed(Outcome.REJECTED, "QA rejected the work", verdict.feedback)
+                if result.new_tasks:
+                    try:
+                        self.add_tasks(list(result.new_tasks), created_by=tid)
+                    except (InvalidInput, UnknownTask, CycleError) as exc:
+                        raise _Failed(Outcome.ERROR, f"the new tasks were refused: {exc}") from None
+            except _Failed as failure:
+                self._fail(task, attempt, failure.outcome, failure.reason, failure.feedback)
                 return
             except asyncio.CancelledError:
                 self._stopped(task, attempt)
-                return
-            except Exception as exc:  # noqa: BLE001 - a failed attempt, never a dead loop
-                self._fail(task, attempt, Outcome.ERROR, _describe(exc))
-                return
-            attempt.summary = task.result_summary = result.summary
-            if not result.ok:
-                self._fail(task, attempt, Outcome.ERROR, result.error or "worker reported failure")
-                return
-            self.move(tid, S.AWAITING_QA)
-            try:
-                async with asyncio.timeout(self.config.qa_timeout):
-                    verdict = await self.agents.strategist.review(task.copy(), result, ctx)
-            except TimeoutError:
-                self._fail(task, attempt, Outcome.TIMEOUT,
-                           f"QA gave no verdict within {self.config.qa_timeout:g} s")
-                return
-            except asyncio.CancelledError:
-                self._stopped(task, attempt)
-                return
-            except Exception as exc:  # noqa: BLE001
-                self._fail(task, attempt, Outcome.ERROR, "QA failed: " + _describe(exc))
-                return
-            task.qa_verdict = "approved" if verdict.approved else "rejected"
-            task.qa_feedback = attempt.qa_feedback = verdict.feedback or None
-            if not verdict.approved:
-                self._fail(task, attempt, Outcome.REJECTED, "QA rejected the work",
-                           feedback=verdict.feedback)
                 return
             self._finish_attempt(attempt, Outcome.APPROVED)
-            if result.new_tasks:
-                self.add_tasks(list(result.new_tasks), created_by=tid)
             self.move(tid, S.COMPLETE)
         finally:
             self.running.pop(tid, None)
@@ -479,6 +465,29 @@ class Engine:
                 f"{' or '.join(s.value for s in allowed)}"
             )
         return task
+
+
+class _Failed(Exception):
+    """How an attempt failed; becomes the attempt's outcome and the Phoenix context."""
+
+    def __init__(self, outcome: Outcome, reason: str, feedback: str | None = None) -> None:
+        super().__init__(reason)
+        self.outcome, self.reason, self.feedback = outcome, reason, feedback
+
+
+async def _bounded(coro, timeout: float, who: str):
+    """Await an agent's coroutine: running over ``timeout`` or raising is a failed attempt,
+    never an error of the loop. Cancellation passes through."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await coro
+    except TimeoutError:
+        raise _Failed(Outcome.TIMEOUT, f"{who} gave no result within {timeout:g} s") from None
+    except _Failed:
+        raise
+    except Exception as exc:  # noqa: BLE001 - an agent's bug is a failed attempt
+        prefix = "" if who == "worker" else f"{who} failed: "
+        raise _Failed(Outcome.ERROR, prefix + _describe(exc)) from None
 
 
 def _describe(exc: BaseException) -> str:

@@ -146,23 +146,24 @@ def _spawn(engine: Engine, task, title, description, criteria, profile, depends_
 
 def _link(engine: Engine, task_id: str, depends_on: str) -> None:
     engine.graph.add_dependency(task_id, depends_on)
-    task = engine.tasks[task_id]
-    task.depends_on = engine.graph.dependencies(task_id)
-    engine._emit("dep_added", task_id, depends_on=depends_on)
-    engine.store.set_deps(engine.run_id, task_id, task.depends_on)
-    engine._save(task)
-    if task.status == S.READY and engine.tasks[depends_on].status != S.COMPLETE:
+    _deps_changed(engine, task_id, "dep_added", depends_on)
+    if engine.tasks[task_id].status == S.READY and engine.tasks[depends_on].status != S.COMPLETE:
         engine.move(task_id, S.PLANNED, f"now waits for {depends_on}")
 
 
 def _unlink(engine: Engine, task_id: str, depends_on: str) -> None:
     engine.graph.remove_dependency(task_id, depends_on)
+    _deps_changed(engine, task_id, "dep_removed", depends_on)
+    engine._dirty.add(task_id)
+
+
+def _deps_changed(engine: Engine, task_id: str, kind: str, depends_on: str) -> None:
     task = engine.tasks[task_id]
     task.depends_on = engine.graph.dependencies(task_id)
-    engine._emit("dep_removed", task_id, depends_on=depends_on)
+    engine._emit(kind, task_id, depends_on=depends_on)
     engine.store.set_deps(engine.run_id, task_id, task.depends_on)
     engine._save(task)
-    engine._dirty.add(task_id)
+    engine._priority = None
 
 
 def _record(engine: Engine, res: Resolution) -> None:

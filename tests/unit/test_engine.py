@@ -273,10 +273,13 @@ async def test_dependency_edits_on_a_live_run(orch_factory):
     run.add_dependency("t3", "t2")
     with pytest.raises(ao.CycleError, match="t2 -> t3 -> t2"):
         run.add_dependency("t2", "t3")
+    run.replan(source="test")
+    assert statuses(run) == {"t1": S.ACTIVE, "t2": S.READY, "t3": S.PLANNED}
     gate.set()
     assert await run.wait(10) == RunStatus.COMPLETED
     kinds = run.events().kind.tolist()
     assert kinds.count("dep_added") == 2 and kinds.count("dep_removed") == 1
+    assert kinds.count("replan") == 1
 
 
 async def test_plan_task_adds_work_when_approved(orch_factory):
@@ -368,3 +371,20 @@ def test_plain_python_runs_on_the_background_loop(orch_factory):
     run = orch_factory(chain("a", "b", "c"), worker=TestWorker(latency=0.01)).start("x")
     assert run.wait_sync(10) == RunStatus.COMPLETED
     assert [t.status for t in run.tasks] == [S.COMPLETE] * 3
+
+
+async def test_refused_subtasks_fail_the_planning_attempt_with_the_reason(orch_factory):
+    def bad_plan(task):
+        if task.profile == "plan" and len([c for c in worker.calls if c[0] == task.id]) == 1:
+            return [TaskSpec("sub", depends_on=["nonexistent"])]
+        return [TaskSpec("sub")] if task.profile == "plan" else []
+
+    worker = TestWorker(new_tasks=bad_plan)
+    run = orch_factory([TaskSpec("plan it", profile="plan")], worker=worker).start("x")
+    assert await run.wait(10) == RunStatus.COMPLETED
+    (first, second) = run.store.rows(
+        "select outcome, failure_reason from attempts where run_id = ? and task_id = 't1' "
+        "order by attempt", [run.id])
+    assert first["outcome"] == "error" and "nonexistent" in first["failure_reason"]
+    assert second["outcome"] == "approved"
+    assert [t.title for t in run.tasks] == ["plan it", "sub"]
