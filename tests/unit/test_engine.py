@@ -274,6 +274,7 @@ async def test_dependency_edits_on_a_live_run(orch_factory):
     with pytest.raises(ao.CycleError, match="t2 -> t3 -> t2"):
         run.add_dependency("t2", "t3")
     run.replan(source="test")
+    await asyncio.sleep(0.05)  # the loop's next step recomputes readiness
     assert statuses(run) == {"t1": S.ACTIVE, "t2": S.READY, "t3": S.PLANNED}
     gate.set()
     assert await run.wait(10) == RunStatus.COMPLETED
