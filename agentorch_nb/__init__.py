@@ -23,6 +23,7 @@ from .exceptions import (
 )
 from .model import Outcome, Profile, RunStatus, Task, TaskSpec, TaskStatus, Verdict, WorkResult
 from .orchestrator import Orchestrator, Run, sql
+from .workspace import Workspace, init_workspace
 
 __version__ = "0.1.0"
 
@@ -30,5 +31,6 @@ __all__ = [
     "AgentorchError", "Agents", "Config", "Context", "CycleError", "InvalidInput",
     "InvalidTransition", "Orchestrator", "Outcome", "Profile", "ResolutionError", "Run",
     "RunBusyElsewhere", "RunStatus", "StoreBusy", "Task", "TaskSpec", "TaskStatus",
-    "UnknownRun", "UnknownTask", "Verdict", "WorkResult", "WorkspaceError", "WrongLoop", "sql",
+    "UnknownRun", "UnknownTask", "Verdict", "WorkResult", "Workspace", "WorkspaceError",
+    "WrongLoop", "init_workspace", "sql",
 ]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -29,12 +28,12 @@ from .exceptions import (
     RunBusyElsewhere,
     UnknownRun,
     UnknownTask,
-    WorkspaceError,
     WrongLoop,
 )
 from .model import Interrupt, RunStatus, Task, TaskStatus, utcnow
 from .store import Store, default_path
 from .store.records import interrupt_from_row, task_from_row
+from .workspace import Workspace
 
 # Engines driven by this process, by (store path, run id).
 _LIVE: dict[tuple[str, str], Engine] = {}
@@ -57,12 +56,12 @@ class Orchestrator:
     def __init__(self, workspace: str | os.PathLike, store: str | os.PathLike | None = None,
                  config: Config | None = None, agents: Agents | None = None) -> None:
         global _last_store
-        self.workspace = _git_workspace(workspace)
+        self.git = Workspace(workspace)
+        self.workspace = self.git.root
         self.config = config or Config()
         self.agents = agents
         if store is None:
             store = default_path(self.workspace)
-            _exclude(self.workspace, ".agentorch/")
         self.store = Store.open(store, lock_timeout=self.config.lock_timeout,
                                 flush_interval=self.config.flush_interval)
         _last_store = self.store
@@ -358,31 +357,6 @@ def _alive(row: dict[str, Any]) -> bool:
         except PermissionError:
             pass
     return poke(row["engine_address"], row["run_id"], timeout=2.0)
-
-
-def _git_workspace(workspace: str | os.PathLike) -> Path:
-    path = Path(workspace).expanduser().resolve()
-    if not path.is_dir():
-        raise WorkspaceError(f"workspace {path} does not exist: create it, or point at a git repository")
-    probe = subprocess.run(["git", "-C", str(path), "rev-parse", "--show-toplevel"],
-                           capture_output=True, text=True)
-    if probe.returncode != 0:
-        raise WorkspaceError(
-            f"workspace {path} is not a git repository: run `git init` there (and commit "
-            "once), or pass the path of an existing repository")
-    return path
-
-
-def _exclude(workspace: Path, pattern: str) -> None:
-    """Keep the store out of git without committing anything: .git/info/exclude."""
-    out = subprocess.run(["git", "-C", str(workspace), "rev-parse", "--git-path", "info/exclude"],
-                         capture_output=True, text=True, check=True).stdout.strip()
-    exclude = (workspace / out) if not os.path.isabs(out) else Path(out)
-    exclude.parent.mkdir(parents=True, exist_ok=True)
-    lines = exclude.read_text().splitlines() if exclude.exists() else []
-    if pattern not in lines:
-        with exclude.open("a") as f:
-            f.write(("\n" if lines and lines[-1] else "") + pattern + "\n")
 
 
 def sql(query: str, params: list | None = None, *, store: str | os.PathLike | None = None):
