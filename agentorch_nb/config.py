@@ -19,6 +19,7 @@ class Config:
     qa_timeout: float = 300.0  # seconds for the Strategist to judge one attempt
     plan_timeout: float = 300.0  # seconds for the Director to plan the objective
     max_retries: int = 4  # retries after the first failed attempt, before a human is asked
+    keep_failed_worktrees: bool = False  # keep failed attempts' worktrees after the run ends
     # Store: how long a batch of writes may wait for company, and how long any store
     # operation waits for another process to let go of the file before StoreBusy.
     flush_interval: float = 0.05

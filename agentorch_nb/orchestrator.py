@@ -20,6 +20,7 @@ from .config import Config
 from .engine import hitl
 from .engine.dispatch import Engine
 from .engine.inbox import Inbox, poke
+from .engine.integration import Integration
 from .engine.protocols import Agents
 from .engine.resume import build_engine, load_state
 from .exceptions import (
@@ -75,6 +76,7 @@ class Orchestrator:
         """Start a run and return at once; the dispatch loop runs in the background."""
         if not isinstance(objective, str) or not objective.strip():
             raise InvalidInput("the objective is empty: say in a sentence what the run should achieve")
+        self.git.require_clean()
         engine = Engine(run_id=f"run-{uuid.uuid4().hex[:8]}", objective=objective.strip(),
                         store=self.store, config=config or self.config,
                         agents=agents or self.agents or _default_agents(),
@@ -117,6 +119,7 @@ class Orchestrator:
             e.engine_pid = e.engine_address = None
             e.save_run()
 
+        engine.integration = Integration(engine, self.git, engine.config.keep_failed_worktrees)
         engine.engine_pid, engine.engine_host = os.getpid(), socket.gethostname()
         engine.on_start.append(on_start)
         engine.on_stop.append(on_stop)
@@ -124,6 +127,17 @@ class Orchestrator:
         _LIVE[(self.store.path, engine.run_id)] = engine
         _loop.call_on(loop, engine.start, loop)
         return Run(self, engine.run_id)
+
+    def cleanup(self, run_id: str | None = None) -> list[str]:
+        """Remove the worktrees and branches runs left behind (of one run, or of every run
+        no engine in this process drives) and prune git's worktree list."""
+        live = {rid for (path, rid), e in _LIVE.items() if path == self.store.path and not _ended(e)}
+        if run_id in live:
+            raise ResolutionError(f"run {run_id} is live: cancel it before cleaning up after it")
+        if run_id is not None:
+            return self.git.cleanup(run_id)
+        return [b for b in self.git.cleanup(None, keep=frozenset(
+            b for rid in live for b in (w.branch for w in self.git.run_worktrees(rid))))]
 
     def run(self, run_id: str) -> Run:
         """A handle on a run of this store, live in this process or not."""

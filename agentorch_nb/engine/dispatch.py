@@ -42,6 +42,7 @@ from ..model import (
 from ..store import Store
 from ..store.records import attempt_row, interrupt_row, task_row
 from . import phoenix
+from .integration import Integration
 from .protocols import Agents, Context
 
 log = logging.getLogger("agentorch_nb.engine")
@@ -89,6 +90,7 @@ class Engine:
         self._changed: asyncio.Event | None = None
         self._main_task: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.integration: Integration | None = None  # git worktrees and merges, when a workspace is set
         self.on_start: list = []  # coroutine functions awaited before the first step
         self.on_stop: list = []  # callables run when the loop ends
 
@@ -274,6 +276,11 @@ class Engine:
             await self._stop_workers(STOP_CANCEL)
             self._set_run_status(RunStatus.FAILED, f"{type(exc).__name__}: {exc}")
         finally:
+            if self.integration is not None and self.status in (RunStatus.COMPLETED, RunStatus.CANCELLED):
+                try:
+                    await self.integration.finish_run()
+                except Exception:  # noqa: BLE001 - leftovers are reported by orch.cleanup()
+                    log.exception("cleaning up the worktrees of run %s failed", self.run_id)
             for cb in self.on_stop:
                 cb(self)
             await self.store.flush()
@@ -351,6 +358,7 @@ class Engine:
                 attempt.summary = task.result_summary = result.summary
                 if not result.ok:
                     raise _Failed(Outcome.ERROR, result.error or "worker reported failure")
+                sha = await self.integration.commit(task, attempt) if self.integration else None
                 self.move(tid, S.AWAITING_QA)
                 verdict = await _bounded(self.agents.strategist.review(task.copy(), result, ctx),
                                          self.config.qa_timeout, "QA")
@@ -358,6 +366,12 @@ class Engine:
                 task.qa_feedback = attempt.qa_feedback = verdict.feedback or None
                 if not verdict.approved:
                     raise _Failed(Outcome.REJECTED, "QA rejected the work", verdict.feedback)
+                if sha is not None:
+                    merged = await self.integration.merge(task, attempt, sha)
+                    if not merged.ok:
+                        raise _Failed(Outcome.ERROR, "merge conflict with the target branch in "
+                                      + ", ".join(merged.conflicts) + "; the retry starts from "
+                                      "the current tip")
                 if result.new_tasks:
                     try:
                         self.add_tasks(list(result.new_tasks), created_by=tid)
@@ -374,6 +388,8 @@ class Engine:
         finally:
             self.running.pop(tid, None)
             try:
+                if self.integration is not None:
+                    await asyncio.shield(self.integration.release(task, task.status == S.COMPLETE))
                 # A finished attempt is on disk before anything acts on it.
                 await asyncio.shield(self.store.flush())
             finally:

@@ -38,6 +38,21 @@ class Context:
         if self._engine is not None:
             self._engine.record_message(self.task_id, self.attempt, role, content, metadata)
 
+    async def worktree(self) -> Path:
+        """This attempt's own git worktree, made on first use from the target branch's tip.
+        What the worker leaves there is committed, judged by QA and, if approved, merged."""
+        engine = self._engine
+        if engine is None or engine.integration is None:
+            raise RuntimeError("this run has no git workspace")
+        return await engine.integration.worktree(engine.tasks[self.task_id], self.attempt)
+
+    async def diff(self) -> str:
+        """What this attempt changed, against where its worktree started."""
+        engine = self._engine
+        if engine is None or engine.integration is None:
+            return ""
+        return await engine.integration.diff(engine.tasks[self.task_id])
+
     def phoenix_brief(self) -> str:
         """The earlier attempts and the human's guidance, as text for a prompt."""
         return phoenix_brief(self.history, self.guidance)
