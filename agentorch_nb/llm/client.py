@@ -1,0 +1,478 @@
+"""The LLM client every agent calls: one path through ``litellm.acompletion`` for every model.
+
+A call picks the role's model, waits for the process-wide rate limits, checks the budget,
+calls litellm with a per-attempt timeout and no retries of its own, and retries 429s
+(after Retry-After), 5xx, timeouts and connection errors with exponential backoff and
+jitter. Every HTTP attempt, failed or not, becomes one ``llm_calls`` row.
+
+litellm is imported on the first call, never at package import (it takes seconds), and
+with ``LITELLM_LOCAL_MODEL_COST_MAP`` set so it never fetches its cost map from the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from .errors import BudgetExceeded, LLMCallFailed, LLMError
+from .limits import RateLimiter, shared_limiter
+from .scripted import PROVIDER as SCRIPTED, message_text
+from .settings import Models, load_env_file
+
+log = logging.getLogger("agentorch_nb.llm")
+
+_setup_lock = threading.Lock()
+_litellm_mod: Any = None
+
+# Before anything imports litellm: its cost map (and other catalogs) come from the copies
+# bundled with it, never from the network. LITELLM_OFFLINE_MODE may be set to "false" first
+# by whoever wants litellm's other online catalogs (tokenizers, Anthropic beta headers).
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+os.environ.setdefault("LITELLM_OFFLINE_MODE", "True")
+
+
+def litellm_module() -> Any:
+    """litellm, imported offline and quiet, with the scripted provider registered."""
+    global _litellm_mod
+    if _litellm_mod is not None:
+        return _litellm_mod
+    with _setup_lock:
+        if _litellm_mod is None:
+            os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+            import litellm
+
+            try:  # an internal API of recent litellm versions: only used for this warning
+                from litellm.litellm_core_utils.get_model_cost_map import (
+                    get_model_cost_map_source_info,
+                )
+            except ImportError:
+                get_model_cost_map_source_info = dict
+            if get_model_cost_map_source_info().get("source", "local") != "local":
+                log.warning(
+                    "litellm was imported before agentorch_nb.llm without "
+                    "LITELLM_LOCAL_MODEL_COST_MAP=True and loaded its cost map from the network"
+                )
+
+            litellm.suppress_debug_info = True
+            litellm.set_verbose = False
+            if hasattr(litellm, "telemetry"):
+                litellm.telemetry = False
+            for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+                logger = logging.getLogger(name)
+                if not logger.isEnabledFor(logging.DEBUG):
+                    logger.setLevel(logging.ERROR)
+            from .scripted import install
+
+            install()
+            _litellm_mod = litellm
+    return _litellm_mod
+
+
+class _Call(NamedTuple):
+    id: str
+    name: str
+    arguments: dict
+
+
+class ToolCall(_Call):
+    """One tool call of a reply: unpacks as ``(id, name, arguments)``.
+
+    When the model's arguments are not a JSON object, ``arguments`` is ``{}``, ``raw_arguments``
+    keeps the text and ``error`` says what is wrong, phrased so that the worker can send it
+    back to the model as the tool's result and let it try again.
+    """
+
+    raw_arguments: str
+    error: str | None
+
+    def __new__(
+        cls, id: str, name: str, arguments: dict, raw_arguments: str = "", error: str | None = None
+    ) -> ToolCall:
+        self = super().__new__(cls, id, name, arguments)
+        self.raw_arguments = raw_arguments
+        self.error = error
+        return self
+
+    def __repr__(self) -> str:
+        err = f", error={self.error!r}" if self.error else ""
+        return f"ToolCall(id={self.id!r}, name={self.name!r}, arguments={self.arguments!r}{err})"
+
+    @classmethod
+    def parse(cls, id: str, name: str, raw: Any) -> ToolCall:
+        if isinstance(raw, dict):
+            return cls(id, name, raw, json.dumps(raw))
+        text = "" if raw is None else str(raw)
+        if not text.strip():
+            return cls(id, name, {}, text)
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            return cls(id, name, {}, text, (
+                f"the arguments of your call to {name!r} are not valid JSON ({exc.msg} at "
+                f"character {exc.pos}): {text[:500]!r}. Call {name!r} again with a JSON object."
+            ))
+        if not isinstance(value, dict):
+            return cls(id, name, {}, text, (
+                f"the arguments of your call to {name!r} must be a JSON object, not "
+                f"{type(value).__name__}: {text[:500]!r}. Call {name!r} again with an object."
+            ))
+        return cls(id, name, value, text)
+
+
+@dataclass
+class Reply:
+    """A model's answer, with what it cost."""
+
+    content: str | None
+    tool_calls: list[ToolCall]
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float
+    model: str
+    latency_ms: float = 0.0
+    tries: int = 1  # HTTP attempts this reply took, retries included
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (``dataclasses.asdict`` would drop the tool calls' raw text and errors)."""
+        return {
+            "content": self.content,
+            "tool_calls": [
+                {"id": c.id, "name": c.name, "arguments": c.arguments,
+                 "raw_arguments": c.raw_arguments, "error": c.error}
+                for c in self.tool_calls
+            ],
+            "tokens_in": self.tokens_in, "tokens_out": self.tokens_out, "cost_usd": self.cost_usd,
+            "model": self.model, "latency_ms": self.latency_ms, "tries": self.tries,
+        }
+
+    @property
+    def bad_tool_calls(self) -> list[ToolCall]:
+        """Tool calls whose arguments could not be read; answer each with its ``error``."""
+        return [c for c in self.tool_calls if c.error]
+
+    def message(self) -> dict[str, Any]:
+        """The assistant message to append to the conversation before the tool results."""
+        msg: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self.tool_calls:
+            msg["tool_calls"] = [
+                {"id": c.id, "type": "function",
+                 "function": {"name": c.name, "arguments": c.raw_arguments}}
+                for c in self.tool_calls
+            ]
+        return msg
+
+
+@dataclass
+class _Spent:
+    usd: float = 0.0
+    tokens: int = 0
+    calls: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+class LLM:
+    """The client agents use. One per run: its budget and its ``llm_calls`` rows are the run's.
+
+    ``store`` and ``run_id`` are optional (without them no rows are written). ``limiter``
+    defaults to the process-wide one, which ``models.rate_limits`` and
+    ``models.max_concurrent_calls`` configure. ``workspace``'s ``.env`` (then the current
+    directory's) is read into the environment without overriding what is set.
+    """
+
+    def __init__(
+        self,
+        models: Models | None = None,
+        *,
+        store: Any = None,
+        run_id: str | None = None,
+        workspace: str | os.PathLike | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        self.models = models or Models()
+        self.store = store
+        self.run_id = run_id
+        if store is not None and not run_id:
+            raise LLMError("an LLM that records to a store needs the run_id its calls belong to")
+        load_env_file(*(d for d in (workspace, Path.cwd()) if d is not None))
+        self.limiter = limiter or shared_limiter()
+        self.limiter.configure(self.models.max_concurrent_calls, self.models.rate_limits)
+        self._spent = _Spent()
+
+    # ----------------------------------------------------------------- totals
+    @property
+    def spent_usd(self) -> float:
+        return self._spent.usd
+
+    @property
+    def spent_tokens(self) -> int:
+        return self._spent.tokens
+
+    def check_budget(self) -> None:
+        """Raise BudgetExceeded if the budget is used up (calls in flight may overshoot it)."""
+        m, s = self.models, self._spent
+        over = []
+        if m.budget_usd is not None and s.usd >= m.budget_usd:
+            over.append(f"${s.usd:.4f} of ${m.budget_usd:.4f}")
+        if m.budget_tokens is not None and s.tokens >= m.budget_tokens:
+            over.append(f"{s.tokens} of {m.budget_tokens} tokens")
+        if over:
+            raise BudgetExceeded(
+                f"the LLM budget is spent ({'; '.join(over)}); no further model call was made. "
+                "Raise Models.budget_usd / budget_tokens to go on.",
+                spent_usd=s.usd,
+                spent_tokens=s.tokens,
+            )
+
+    # ------------------------------------------------------------------ calls
+    async def complete(
+        self,
+        *,
+        role: str,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        task_id: str | None = None,
+        attempt: int | None = None,
+        profile: str | None = None,
+        title: str | None = None,
+        timeout: float | None = None,
+        **params: Any,
+    ) -> Reply:
+        """One chat completion for ``role``; retries transient failures.
+
+        ``title`` (the task's) is only read by scripted models. ``params`` go to litellm
+        as they are (``max_tokens``, ``response_format``, ...). Raises LLMCallFailed when
+        the call fails for good, BudgetExceeded before spending past the budget, and
+        ScriptError when a scripted model has no reply.
+        """
+        litellm = litellm_module()
+        m = self.models
+        profile = None if profile is None else str(getattr(profile, "value", profile))
+        model = m.model_for(role, profile)
+        kwargs: dict[str, Any] = {**m.endpoint_for(model), **params}
+        temperature = m.temperature_for(role, profile)
+        if temperature is not None:
+            kwargs.setdefault("temperature", temperature)
+        if tools:
+            kwargs["tools"] = tools
+        if model.startswith(SCRIPTED + "/"):
+            kwargs["metadata"] = {"agentorch": {
+                "run_id": self.run_id, "role": role, "task_id": task_id,
+                "attempt": attempt, "profile": profile, "title": title,
+            }}
+        per_try = timeout or m.call_timeout
+        estimate = _estimate_tokens(messages, tools)
+        where = dict(task_id=task_id, attempt=attempt, role=role, model=model)
+
+        for n in range(1, m.max_retries + 2):
+            self.check_budget()
+            delay = 0.0
+            async with self.limiter.slot(model, estimate) as use:
+                self.check_budget()  # again: calls that ended while this one waited count
+                t0 = time.monotonic()
+                try:
+                    # litellm bounds each HTTP read by the timeout; ours bounds the whole
+                    # attempt, custom providers included. Either counts as a timeout.
+                    resp = await asyncio.wait_for(
+                        litellm.acompletion(
+                            model=model, messages=messages, timeout=per_try, num_retries=0,
+                            max_retries=0, drop_params=True, **kwargs,
+                        ),
+                        per_try,
+                    )
+                except asyncio.CancelledError:
+                    self._record(where, t0, error="cancelled")
+                    raise
+                except Exception as exc:  # noqa: BLE001 - classified below
+                    own = _own_error(exc)
+                    error = str(own) if own is not None else _describe(exc)
+                    self._record(where, t0, error=f"try {n}: {error}")
+                    use.tokens = 0
+                    if own is not None:
+                        raise own from None
+                    retryable, retry_after = _classify(exc)
+                    if not retryable:
+                        raise LLMCallFailed(
+                            f"{model} refused the {role}'s request: {error}. This is not retried; "
+                            "check the model name, API key and request.",
+                            model=model, role=role, attempts=n, retryable=False, last_error=error,
+                        ) from exc
+                    if n > m.max_retries:
+                        raise LLMCallFailed(
+                            f"{model} failed {n} times for the {role} (last: {error}). Retry "
+                            "later, or raise Models.max_retries / call_timeout.",
+                            model=model, role=role, attempts=n, retryable=True, last_error=error,
+                        ) from exc
+                    if retry_after is not None and retry_after > m.max_retry_after:
+                        raise LLMCallFailed(
+                            f"{model} asked to wait {retry_after:.0f} s before retrying, more than "
+                            f"Models.max_retry_after ({m.max_retry_after:.0f} s): {error}",
+                            model=model, role=role, attempts=n, retryable=True, last_error=error,
+                        ) from exc
+                    backoff = min(m.backoff_max, m.backoff_base * 2 ** (n - 1))
+                    backoff *= 0.5 + random.random()  # jitter spreads callers that failed together
+                    delay = backoff
+                    if retry_after:
+                        delay = max(backoff, retry_after * (1 + 0.1 * random.random()))
+                    log.info("%s: %s; retrying in %.2f s", model, error, delay)
+                else:
+                    try:
+                        reply = self._reply(litellm, resp, model, t0, n, estimate)
+                    except Exception as exc:  # noqa: BLE001 - a response without the usual shape
+                        error = f"unreadable response: {_describe(exc)}"
+                        self._record(where, t0, error=f"try {n}: {error}")
+                        raise LLMCallFailed(
+                            f"{model} answered the {role} with a response that is not a chat "
+                            f"completion ({error}); check the model name and api_base.",
+                            model=model, role=role, attempts=n, retryable=False, last_error=error,
+                        ) from exc
+                    use.tokens = reply.tokens_in + reply.tokens_out
+                    self._record(where, t0, reply=reply)
+                    return reply
+            await asyncio.sleep(delay)  # outside the slot: a waiting retry holds no capacity
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------- internals
+    def _reply(
+        self, litellm: Any, resp: Any, model: str, t0: float, tries: int, estimate: int
+    ) -> Reply:
+        choice = resp.choices[0]
+        msg = choice.message
+        calls = [
+            ToolCall.parse(tc.id or f"call_{i}", tc.function.name, tc.function.arguments)
+            for i, tc in enumerate(getattr(msg, "tool_calls", None) or [])
+        ]
+        usage = getattr(resp, "usage", None)
+        if usage is not None and getattr(usage, "prompt_tokens", None) is not None:
+            tokens_in = int(usage.prompt_tokens or 0)
+            tokens_out = int(getattr(usage, "completion_tokens", 0) or 0)
+        else:  # no usage reported: estimate, so that budgets still count something
+            tokens_in = estimate
+            tokens_out = (len(msg.content or "") + sum(len(c.raw_arguments) for c in calls)) // 4
+        return Reply(
+            content=msg.content,
+            tool_calls=calls,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            cost_usd=_cost(litellm, resp, model, tokens_in, tokens_out),
+            model=model,
+            latency_ms=(time.monotonic() - t0) * 1000,
+            tries=tries,
+        )
+
+    def _record(
+        self, where: dict, t0: float, *, reply: Reply | None = None, error: str | None = None
+    ) -> None:
+        latency = (time.monotonic() - t0) * 1000
+        tokens_in = reply.tokens_in if reply else 0
+        tokens_out = reply.tokens_out if reply else 0
+        cost = reply.cost_usd if reply else 0.0
+        with self._spent.lock:
+            self._spent.usd += cost
+            self._spent.tokens += tokens_in + tokens_out
+            self._spent.calls += 1
+        if self.store is not None:
+            self.store.append("llm_calls", {
+                "run_id": self.run_id, **where, "tokens_in": tokens_in, "tokens_out": tokens_out,
+                "cost_usd": cost, "latency_ms": latency, "error": error,
+            })
+
+
+def _estimate_tokens(messages: list, tools: Any) -> int:
+    """A rough count for the tokens-per-minute limit: about four characters a token."""
+    chars = sum(len(message_text(m)) for m in messages) + (len(json.dumps(tools)) if tools else 0)
+    return max(1, chars // 4)
+
+
+def _cost(litellm: Any, resp: Any, model: str, tokens_in: int, tokens_out: int) -> float:
+    """USD from litellm's local cost map; 0 for scripted and unknown models."""
+    if model.startswith(SCRIPTED + "/"):
+        return 0.0
+    hidden = getattr(resp, "_hidden_params", None) or {}
+    if hidden.get("response_cost") is not None:
+        return float(hidden["response_cost"])
+    try:
+        cin, cout = litellm.cost_per_token(
+            model=model, prompt_tokens=tokens_in, completion_tokens=tokens_out
+        )
+        return float(cin + cout)
+    except Exception:  # noqa: BLE001 - a model missing from the cost map costs "unknown" = 0
+        return 0.0
+
+
+def _own_error(exc: BaseException) -> LLMError | None:
+    """Our own error (a ScriptError from the scripted provider) that litellm wrapped."""
+    seen = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, LLMError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timeout: no answer within the call timeout"
+    text = str(exc).split("\nTraceback", 1)[0].strip()
+    status = getattr(exc, "status_code", None)
+    head = f"{type(exc).__name__}" + (f" {status}" if status else "")
+    return f"{head}: {text[:500]}" if text else head
+
+
+def _classify(exc: BaseException) -> tuple[bool, float | None]:
+    """(worth retrying?, seconds the provider asked us to wait)."""
+    import litellm
+
+    if isinstance(exc, (asyncio.TimeoutError, litellm.Timeout, litellm.APIConnectionError)):
+        return True, None
+    status = getattr(exc, "status_code", None)
+    if isinstance(exc, litellm.RateLimitError) or status == 429:
+        return True, _retry_after(exc)
+    if isinstance(status, int) and (status >= 500 or status == 408):
+        return True, _retry_after(exc)
+    return False, None
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """Seconds from ``exc.retry_after`` or a Retry-After / retry-after-ms response header."""
+    value = getattr(exc, "retry_after", None)
+    if isinstance(value, (int, float)) and value >= 0:
+        return float(value)
+    headers: list[Any] = []
+    response = getattr(exc, "response", None)
+    if response is not None and getattr(response, "headers", None) is not None:
+        headers.append(response.headers)
+    for attr in ("litellm_response_headers", "headers"):
+        if getattr(exc, attr, None):
+            headers.append(getattr(exc, attr))
+    for h in headers:
+        try:
+            lower = {str(k).lower(): str(v) for k, v in dict(h).items()}
+        except Exception:  # noqa: BLE001 - an odd headers object: ignore it
+            continue
+        if "retry-after-ms" in lower:
+            try:
+                return float(lower["retry-after-ms"]) / 1000
+            except ValueError:
+                pass
+        if "retry-after" in lower:
+            raw = lower["retry-after"].strip()
+            try:
+                return max(0.0, float(raw))
+            except ValueError:
+                try:
+                    when = email.utils.parsedate_to_datetime(raw)
+                except (TypeError, ValueError):
+                    continue
+                return max(0.0, when.timestamp() - time.time())
+    return None

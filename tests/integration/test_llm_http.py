@@ -1,0 +1,269 @@
+"""The LLM client against a real HTTP server speaking OpenAI's chat-completions API.
+
+The server runs in this process on 127.0.0.1 (stdlib ``http.server`` in a thread) and
+answers each request with the next planned action: a completion, a 429 with Retry-After,
+a 500, an answer slower than the client's timeout, or tool calls with broken JSON. litellm
+reaches it as ``openai/<model>`` with ``api_base``, so the real HTTP path (openai SDK, httpx,
+litellm's exception mapping) runs; nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+import agentorch_nb
+from agentorch_nb.llm import LLM, BudgetExceeded, LLMCallFailed, Models, RateLimiter, litellm_module
+from agentorch_nb.store import Store
+
+ROOT = Path(agentorch_nb.__file__).resolve().parent.parent
+
+RUN = "run-http"
+TOOLS = [{"type": "function", "function": {
+    "name": "write_file", "description": "Write a file",
+    "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}}}]
+
+
+@dataclass
+class FakeOpenAI:
+    """Planned answers, consumed one per request; then plain completions."""
+
+    plan: list[dict] = field(default_factory=list)
+    requests: list[dict] = field(default_factory=list)  # {"at", "body", "headers"}
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    port: int = 0
+
+    @property
+    def api_base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def next_action(self, body: dict, headers: dict) -> dict:
+        with self.lock:
+            self.requests.append({"at": time.monotonic(), "body": body, "headers": headers})
+            return self.plan.pop(0) if self.plan else {"content": "default"}
+
+
+def completion(body: dict, action: dict) -> dict:
+    message: dict = {"role": "assistant", "content": action.get("content")}
+    if action.get("tool_calls"):
+        message["tool_calls"] = [
+            {"id": f"call_{i}", "type": "function",
+             "function": {"name": c["name"], "arguments": c["arguments"] if isinstance(c["arguments"], str)
+                          else json.dumps(c["arguments"])}}
+            for i, c in enumerate(action["tool_calls"])
+        ]
+    return {
+        "id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()),
+        "model": body.get("model"),
+        "choices": [{"index": 0, "message": message,
+                     "finish_reason": "tool_calls" if action.get("tool_calls") else "stop"}],
+        "usage": {"prompt_tokens": action.get("prompt_tokens", 100),
+                  "completion_tokens": action.get("completion_tokens", 20),
+                  "total_tokens": action.get("prompt_tokens", 100) + action.get("completion_tokens", 20)},
+    }
+
+
+def make_handler(fake: FakeOpenAI):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # keep test output clean
+            pass
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
+            action = fake.next_action(body, {k.lower(): v for k, v in self.headers.items()})
+            try:
+                if action.get("sleep"):
+                    time.sleep(action["sleep"])
+                status = action.get("status", 200)
+                if status != 200:
+                    payload = {"error": {"message": action.get("message", f"injected {status}"),
+                                         "type": "server_error", "code": str(status)}}
+                    extra = {"Retry-After": str(action["retry_after"])} if "retry_after" in action else {}
+                else:
+                    payload, extra = completion(body, action), {}
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in extra.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
+                pass
+
+    return Handler
+
+
+@pytest.fixture
+def fake():
+    f = FakeOpenAI()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(f))
+    server.daemon_threads = True
+    server.block_on_close = False
+    f.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store.open(tmp_path / "http.duckdb", flush_interval=0.01)
+    yield s
+    s.close()
+
+
+def client(fake: FakeOpenAI, store: Store, model: str = "openai/test-model", **settings) -> LLM:
+    models = Models(worker_model=model, endpoints={model: {"api_base": fake.api_base, "api_key": "sk-dummy"}},
+                    backoff_base=0.01, **settings)
+    return LLM(models, store=store, run_id=RUN, limiter=RateLimiter())
+
+
+def rows(store: Store) -> list[dict]:
+    store.flush_sync(timeout=10)
+    return store.rows("select * from llm_calls order by ts")
+
+
+def ask(text: str = "write a.py") -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+async def test_tool_calls_usage_and_cost_from_the_local_cost_map(fake, store):
+    fake.plan = [{"content": "on it", "prompt_tokens": 1000, "completion_tokens": 500,
+                  "tool_calls": [{"name": "write_file", "arguments": {"path": "a.py"}}]}]
+    llm = client(fake, store, model="openai/gpt-4o-mini")
+    reply = await llm.complete(role="worker", messages=ask(), tools=TOOLS, task_id="t1", attempt=1)
+    assert reply.content == "on it" and [tuple(c) for c in reply.tool_calls] == [
+        ("call_0", "write_file", {"path": "a.py"})]
+    assert (reply.tokens_in, reply.tokens_out) == (1000, 500)
+    cin, cout = litellm_module().cost_per_token(model="gpt-4o-mini", prompt_tokens=1000,
+                                                completion_tokens=500)
+    assert reply.cost_usd == pytest.approx(cin + cout) and reply.cost_usd > 0
+
+    (request,) = fake.requests
+    body = request["body"]
+    assert body["model"] == "gpt-4o-mini" and body["tools"] == TOOLS and body["temperature"] == 0.2
+    assert "metadata" not in body  # scripted-provider bookkeeping never reaches a real provider
+    assert request["headers"]["authorization"] == "Bearer sk-dummy"
+    (row,) = rows(store)
+    assert (row["tokens_in"], row["tokens_out"], row["error"]) == (1000, 500, None)
+    assert row["cost_usd"] == pytest.approx(reply.cost_usd) and row["task_id"] == "t1"
+
+
+async def test_429_waits_for_retry_after(fake, store):
+    fake.plan = [{"status": 429, "retry_after": 1}, {"content": "after the wait"}]
+    llm = client(fake, store)
+    reply = await llm.complete(role="worker", messages=ask(), task_id="t1", attempt=1)
+    assert reply.content == "after the wait" and reply.tries == 2
+    first, second = fake.requests
+    assert second["at"] - first["at"] >= 1.0  # backoff alone would have been ~0.01 s
+    r429, ok = rows(store)
+    assert "429" in r429["error"] and "RateLimitError" in r429["error"] and ok["error"] is None
+    assert r429["tokens_in"] == 0 and ok["tokens_in"] == 100
+
+
+async def test_500_is_retried_then_succeeds(fake, store):
+    fake.plan = [{"status": 500}, {"status": 500}, {"content": "third time"}]
+    llm = client(fake, store, max_retries=2)
+    reply = await llm.complete(role="director", messages=ask())
+    assert reply.content == "third time" and reply.tries == 3 and len(fake.requests) == 3
+    errors = [r["error"] for r in rows(store)]
+    assert len(errors) == 3 and all("500" in e for e in errors[:2]) and errors[2] is None
+
+
+async def test_timeouts_are_retried_then_surface_as_llm_call_failed(fake, store):
+    fake.plan = [{"sleep": 1.5, "content": "too late"}] * 3
+    llm = client(fake, store, max_retries=2, call_timeout=0.3)
+    t0 = time.monotonic()
+    with pytest.raises(LLMCallFailed, match="failed 3 times") as err:
+        await llm.complete(role="worker", messages=ask(), task_id="t2", attempt=1)
+    assert err.value.retryable and err.value.attempts == 3 and "imeout" in err.value.last_error
+    assert time.monotonic() - t0 < 2.5  # each try gave up at its timeout, not the server's pace
+    assert len(fake.requests) == 3  # litellm and the openai SDK did not retry on their own
+    errs = [r["error"] for r in rows(store)]
+    assert len(errs) == 3 and all("imeout" in e for e in errs)
+
+
+async def test_malformed_tool_call_arguments_come_back_flagged(fake, store):
+    fake.plan = [{"content": None, "tool_calls": [
+        {"name": "write_file", "arguments": '{"path": "a.py", "content": "unterminated'},
+        {"name": "write_file", "arguments": '["not", "an", "object"]'},
+        {"name": "write_file", "arguments": '{"path": "b.py"}'},
+    ]}]
+    llm = client(fake, store)
+    reply = await llm.complete(role="worker", messages=ask(), tools=TOOLS)
+    broken, listed, good = reply.tool_calls
+    assert broken.arguments == {} and broken.raw_arguments.startswith('{"path": "a.py"')
+    assert "not valid JSON" in broken.error and "Call 'write_file' again" in broken.error
+    assert "must be a JSON object" in listed.error
+    assert good.error is None and good.arguments == {"path": "b.py"}
+    assert reply.bad_tool_calls == [broken, listed]
+    (row,) = rows(store)
+    assert row["error"] is None  # the call itself succeeded; the worker answers the bad calls
+
+
+async def test_client_errors_are_not_retried_and_usd_budget_stops(fake, store):
+    fake.plan = [{"status": 401, "message": "invalid api key"}]
+    llm = client(fake, store)
+    with pytest.raises(LLMCallFailed, match="not retried") as err:
+        await llm.complete(role="worker", messages=ask())
+    assert not err.value.retryable and len(fake.requests) == 1
+
+    llm = client(fake, store, model="openai/gpt-4o-mini", budget_usd=0.0001)
+    fake.plan = [{"content": "pricey", "prompt_tokens": 10_000, "completion_tokens": 1000}]
+    await llm.complete(role="worker", messages=ask())
+    assert llm.spent_usd > 0.0001
+    with pytest.raises(BudgetExceeded, match="budget is spent"):
+        await llm.complete(role="worker", messages=ask())
+    assert len(fake.requests) == 2
+    assert [r["error"] is None for r in rows(store)] == [False, True]
+
+
+@pytest.mark.slow  # a fresh interpreter that imports litellm: about 6 s
+def test_no_connection_leaves_the_machine_but_loopback(tmp_path):
+    """Import, set up litellm and make a scripted call with every non-loopback connect and
+    DNS lookup refused (the guard does catch litellm's cost-map fetch without our setting)."""
+    code = textwrap.dedent("""
+        import asyncio, socket, sys
+        blocked = []
+        real_connect = socket.socket.connect
+        def guard(self, address):
+            if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "::1", "localhost"):
+                blocked.append(address)
+                raise OSError("network blocked by test")
+            return real_connect(self, address)
+        socket.socket.connect = guard
+        real_getaddrinfo = socket.getaddrinfo
+        def guard_dns(host, *a, **k):
+            if host not in ("127.0.0.1", "::1", "localhost", None):
+                blocked.append(host)
+                raise socket.gaierror("dns blocked by test")
+            return real_getaddrinfo(host, *a, **k)
+        socket.getaddrinfo = guard_dns
+
+        from agentorch_nb.llm import LLM, Models, register_script
+        register_script("offline", [{"reply": "ok"}])
+        llm = LLM(Models(worker_model="scripted/offline"))
+        reply = asyncio.run(llm.complete(role="worker", messages=[{"role": "user", "content": "hi"}]))
+        import time; time.sleep(0.5)  # let any background thread of litellm try its luck
+        from litellm.litellm_core_utils.get_model_cost_map import get_model_cost_map_source_info
+        print(reply.content, get_model_cost_map_source_info()["source"], blocked)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout, whatever is installed
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[-2] == "ok local []", out.stdout + out.stderr
