@@ -12,7 +12,61 @@ def _v1_initial(con) -> None:
     con.execute(resources.files(__package__).joinpath("schema.sql").read_text())
 
 
-MIGRATIONS: list[Callable] = [_v1_initial]
+def _v2_checkpoints(con) -> None:
+    """LangGraph checkpoints (``store/checkpoint.py``: ``DuckDBSaver``).
+
+    checkpoints        one row per checkpoint. thread_id, checkpoint_ns ('' for the root
+                       graph), checkpoint_id (sorts by time), parent_checkpoint_id; type +
+                       checkpoint: the serde's type tag and bytes of the checkpoint without
+                       its channel values; metadata: JSON (query it: metadata->>'step');
+                       channel_versions: JSON copy of the checkpoint's {channel: version},
+                       which names the checkpoint_blobs rows holding its values.
+    checkpoint_blobs   one channel value per (thread_id, checkpoint_ns, channel, version),
+                       shared by every checkpoint that has that version; type 'empty' marks
+                       a channel that had no value.
+    checkpoint_writes  pending writes of a task against a checkpoint: task_id, idx (negative
+                       for the special channels of WRITES_IDX_MAP), channel, type + blob,
+                       task_path (replay order is task_path, task_id, idx).
+    """
+    con.execute(
+        """
+        create table if not exists checkpoints (
+            thread_id             varchar not null,
+            checkpoint_ns         varchar not null default '',
+            checkpoint_id         varchar not null,
+            parent_checkpoint_id  varchar,
+            type                  varchar,
+            checkpoint            blob,
+            metadata              json,
+            channel_versions      json,
+            primary key (thread_id, checkpoint_ns, checkpoint_id)
+        );
+        create table if not exists checkpoint_blobs (
+            thread_id      varchar not null,
+            checkpoint_ns  varchar not null default '',
+            channel        varchar not null,
+            version        varchar not null,
+            type           varchar not null,
+            blob           blob,
+            primary key (thread_id, checkpoint_ns, channel, version)
+        );
+        create table if not exists checkpoint_writes (
+            thread_id      varchar not null,
+            checkpoint_ns  varchar not null default '',
+            checkpoint_id  varchar not null,
+            task_id        varchar not null,
+            idx            integer not null,
+            channel        varchar not null,
+            type           varchar,
+            blob           blob,
+            task_path      varchar not null default '',
+            primary key (thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
+        );
+        """
+    )
+
+
+MIGRATIONS: list[Callable] = [_v1_initial, _v2_checkpoints]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -48,10 +48,11 @@ KEYS: dict[str, tuple[str, ...]] = {
 }
 TIMED = {"events", "messages", "tool_calls", "llm_calls", "insights", "design_decisions", "merges"}
 MEMORY = ":memory:"
-# How long the thread keeps the file open while work keeps arriving, and how long it then
-# stays away so that other processes get their turn.
+# How long the thread keeps the file open while work keeps arriving, how long it then stays
+# away so that other processes get their turn, and how long it keeps an idle file open.
 HOLD_SECONDS = 0.15
 GAP_SECONDS = 0.02
+IDLE_SECONDS = 0.03
 
 
 def default_path(workspace: str | os.PathLike) -> Path:
@@ -212,11 +213,15 @@ class Store:
         held_since = None
         while True:
             with self._cond:
-                if self._batch.empty() and not self._closed:
-                    if self._con is not None:
-                        # Nothing to do: let other processes have the file.
+                if self._batch.empty() and not self._closed and self._con is not None:
+                    # Opening the file costs ~15 ms: keep it a moment in case more work
+                    # follows at once (a run of checkpoint reads, a burst of events)...
+                    self._cond.wait(IDLE_SECONDS)
+                    if self._batch.empty() and not self._closed:
+                        # ...then let other processes have it.
                         self._release()
                         held_since = None
+                if self._batch.empty() and not self._closed:
                     self._cond.wait()
                 # Writes alone may linger a little to travel with company; a flush or a
                 # read wants them now.
