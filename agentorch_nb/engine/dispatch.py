@@ -378,10 +378,19 @@ class Engine:
                     except (InvalidInput, UnknownTask, CycleError) as exc:
                         raise _Failed(Outcome.ERROR, f"the new tasks were refused: {exc}") from None
             except _Failed as failure:
-                self._fail(task, attempt, failure.outcome, failure.reason, failure.feedback)
-                return
+                failed = failure
             except asyncio.CancelledError:
                 self._stopped(task, attempt)
+                return
+            else:
+                failed = None
+            if failed is not None:
+                try:
+                    await self._summarize(task, attempt, failed.reason)
+                except asyncio.CancelledError:
+                    self._stopped(task, attempt)
+                    return
+                self._fail(task, attempt, failed.outcome, failed.reason, failed.feedback)
                 return
             self._finish_attempt(attempt, Outcome.APPROVED)
             self.move(tid, S.COMPLETE)
@@ -394,6 +403,28 @@ class Engine:
                 await asyncio.shield(self.store.flush())
             finally:
                 self.wake()
+
+    async def _summarize(self, task: Task, attempt: Attempt, reason: str) -> None:
+        """Phoenix: let the Strategist (if it can) condense the failed attempt's conversation
+        into the summary the next attempt reads. The raw conversation stays in the store."""
+        summarize = getattr(self.agents.strategist, "summarize", None)
+        if summarize is None:
+            return
+        key = [self.run_id, task.id, attempt.number]
+        try:
+            await self.store.flush()
+            conversation = await self.store.call(lambda con: [
+                {"role": r, "content": c} for r, c in con.execute(
+                    "select role, content from messages where run_id = ? and task_id = ? "
+                    "and attempt = ? order by ts", key).fetchall()])
+            ctx = Context(self.run_id, self.objective, self.workspace, task.id, attempt.number,
+                          _engine=self)
+            async with asyncio.timeout(self.config.qa_timeout):
+                attempt.summary = await summarize(task.copy(), reason, conversation, ctx)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the raw failure reason still reaches Phoenix
+            log.warning("summarizing attempt %s of %s failed: %s", attempt.number, task.id, exc)
 
     def _attempt_done(self, runner: asyncio.Task) -> None:
         # Worker errors are failed attempts; an exception here is a bug in the engine

@@ -27,8 +27,10 @@ class Integration:
         self.active: dict[str, Worktree] = {}  # task id -> worktree of its running attempt
         self.failed: set[str] = set()  # branches of failed attempts, kept until the run ends
 
-    async def worktree(self, task: Task, attempt: int) -> Path:
+    async def worktree(self, task: Task, attempt: int, create: bool = True) -> Path | None:
         wt = self.active.get(task.id)
+        if wt is None and not create:
+            return None
         if wt is None:
             wt = await asyncio.to_thread(self.git.create_worktree, self.engine.run_id, task.id, attempt)
             self.active[task.id] = wt

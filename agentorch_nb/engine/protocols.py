@@ -38,13 +38,16 @@ class Context:
         if self._engine is not None:
             self._engine.record_message(self.task_id, self.attempt, role, content, metadata)
 
-    async def worktree(self) -> Path:
+    async def worktree(self, create: bool = True) -> Path | None:
         """This attempt's own git worktree, made on first use from the target branch's tip.
-        What the worker leaves there is committed, judged by QA and, if approved, merged."""
+        What the worker leaves there is committed, judged by QA and, if approved, merged.
+        With ``create=False``: the worktree if the attempt has one, else None."""
         engine = self._engine
         if engine is None or engine.integration is None:
-            raise RuntimeError("this run has no git workspace")
-        return await engine.integration.worktree(engine.tasks[self.task_id], self.attempt)
+            if create:
+                raise RuntimeError("this run has no git workspace")
+            return None
+        return await engine.integration.worktree(engine.tasks[self.task_id], self.attempt, create)
 
     async def diff(self) -> str:
         """What this attempt changed, against where its worktree started."""

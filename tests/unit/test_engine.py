@@ -389,3 +389,23 @@ async def test_refused_subtasks_fail_the_planning_attempt_with_the_reason(orch_f
     assert first["outcome"] == "error" and "nonexistent" in first["failure_reason"]
     assert second["outcome"] == "approved"
     assert [t.title for t in run.tasks] == ["plan it", "sub"]
+
+
+async def test_a_strategist_that_summarizes_feeds_its_summary_to_the_next_attempt(orch_factory):
+    briefs = []
+
+    class Summarizing(TestStrategist):
+        async def summarize(self, task, reason, conversation, ctx):
+            said = [m["content"] for m in conversation if m["role"] == "assistant"]
+            return f"SUMMARY of {len(conversation)} messages; worker said {said[-1]!r}; {reason}"
+
+    def fail(task, ctx):
+        briefs.append(ctx.phoenix_brief())
+        return "compile error" if ctx.attempt == 1 else None
+
+    run = orch_factory([TaskSpec("x")], worker=TestWorker(fail=fail),
+                       strategist=Summarizing()).start("x")
+    assert await run.wait(10) == RunStatus.COMPLETED
+    assert "SUMMARY of 2 messages; worker said 'Gave up: compile error'; compile error" in briefs[1]
+    (first,) = run.store.rows("select summary from attempts where run_id = ? and attempt = 1", [run.id])
+    assert first["summary"].startswith("SUMMARY of 2 messages")
