@@ -17,6 +17,7 @@ from typing import Any
 
 from . import _loop
 from .config import Config
+from .dag import _natural
 from .engine import hitl
 from .engine.dispatch import Engine
 from .engine.inbox import Inbox, poke
@@ -118,13 +119,17 @@ class Orchestrator:
             inbox.close()
             e.engine_pid = e.engine_address = None
             e.save_run()
+            # A finished run is read from the store like any other; the engine can go.
+            if _LIVE.get(key) is e:
+                del _LIVE[key]
 
         engine.integration = Integration(engine, self.git, engine.config.keep_failed_worktrees)
         engine.engine_pid, engine.engine_host = os.getpid(), socket.gethostname()
         engine.on_start.append(on_start)
         engine.on_stop.append(on_stop)
         engine.save_run()
-        _LIVE[(self.store.path, engine.run_id)] = engine
+        key = (self.store.path, engine.run_id)
+        _LIVE[key] = engine
         _loop.call_on(loop, engine.start, loop)
         return Run(self, engine.run_id)
 
@@ -198,16 +203,14 @@ class Run:
 
     @property
     def tasks(self) -> list[Task]:
-        """Every task, in dependency order."""
+        """Every task, in id order (t1, t2, ..., t10)."""
         e = self._engine
         if e is not None:
-            return self._on_engine(lambda: [e.tasks[t].copy() for t in e.graph.topological_order()])
+            return self._on_engine(lambda: [e.tasks[t].copy() for t in sorted(e.tasks, key=_natural)])
         rows = self.store.rows("select * from tasks where run_id = ?", [self.id])
         deps: dict[str, list[str]] = {}
         for d in self.store.rows("select task_id, depends_on from task_deps where run_id = ?", [self.id]):
             deps.setdefault(d["task_id"], []).append(d["depends_on"])
-        from .dag import _natural
-
         return sorted((task_from_row(r, deps.get(r["task_id"], [])) for r in rows),
                       key=lambda t: _natural(t.id))
 
@@ -253,6 +256,9 @@ class Run:
     # ------------------------------------------------------------- waiting
     async def wait(self, timeout: float | None = None, *, stop_on_pause: bool = True) -> RunStatus:
         """Wait until the run finishes, or (by default) pauses for a human."""
+        e = self._engine
+        if e is None and self.status.finished:
+            return self.status
         e = self._require_live("wait for")
         if not _loop.on_loop(e.loop):
             fut = asyncio.run_coroutine_threadsafe(e.wait(stop_on_pause), e.loop)
@@ -262,6 +268,9 @@ class Run:
     def wait_sync(self, timeout: float | None = None, *, stop_on_pause: bool = True) -> RunStatus:
         """:meth:`wait` for plain Python. Refused on the loop the run lives on (it would
         block the run itself): in a notebook cell use ``await run.wait()``."""
+        e = self._engine
+        if e is None and self.status.finished:
+            return self.status
         e = self._require_live("wait for")
         if _loop.on_loop(e.loop):
             raise WrongLoop("run.wait_sync() would block the event loop this run lives on; "

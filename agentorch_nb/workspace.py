@@ -96,6 +96,10 @@ class Workspace:
         common = Path(_git(self.root, "rev-parse", "--git-common-dir"))
         self.git_dir = (self.root / common).resolve() if not common.is_absolute() else common
         self.worktrees_dir = self.root / ".worktrees"
+        # git's worktree bookkeeping is not safe against a concurrent prune: adds, removes
+        # and prunes of this process take turns.
+        with _locks_guard:
+            self._wt_lock = _locks.setdefault(f"worktrees:{self.git_dir}", threading.Lock())
         exclude(self.root, ".worktrees/")
         exclude(self.root, ".agentorch/")
 
@@ -131,16 +135,26 @@ class Workspace:
             self.remove_worktree(wt)  # left over from a crashed process
         wt.path.parent.mkdir(parents=True, exist_ok=True)
         wt.base_sha = self.tip()
-        _git(self.root, "worktree", "add", "-q", "-b", wt.branch, str(wt.path), wt.base_sha)
+        with self._wt_lock:
+            _git(self.root, "worktree", "add", "-q", "-b", wt.branch, str(wt.path), wt.base_sha)
+        return wt
+
+    def adopt_worktree(self, run_id: str, task_id: str, attempt: int) -> Worktree | None:
+        """The worktree an earlier attempt left, to continue in it; None if it is gone."""
+        wt = self.worktree_for(run_id, task_id, attempt)
+        if not (wt.path / ".git").exists():
+            return None
+        wt.base_sha = _git(self.root, "merge-base", wt.branch, self.target)
         return wt
 
     def remove_worktree(self, wt: Worktree, delete_branch: bool = True) -> None:
-        if wt.path.exists():
-            _git(self.root, "worktree", "remove", "--force", str(wt.path), check=False)
-            shutil.rmtree(wt.path, ignore_errors=True)
-        _git(self.root, "worktree", "prune", check=False)
-        if delete_branch:
-            _git(self.root, "branch", "-D", wt.branch, check=False)
+        with self._wt_lock:
+            if wt.path.exists():
+                _git(self.root, "worktree", "remove", "--force", str(wt.path), check=False)
+                shutil.rmtree(wt.path, ignore_errors=True)
+            _git(self.root, "worktree", "prune", check=False)
+            if delete_branch:
+                _git(self.root, "branch", "-D", wt.branch, check=False)
 
     def commit_all(self, wt: Worktree, message: str) -> str | None:
         """Commit everything in the worktree; the new SHA, or None when nothing changed."""
@@ -249,7 +263,8 @@ class Workspace:
             if branch not in keep:
                 _git(self.root, "branch", "-D", branch, check=False)
                 removed.add(branch)
-        _git(self.root, "worktree", "prune", check=False)
+        with self._wt_lock:
+            _git(self.root, "worktree", "prune", check=False)
         return sorted(removed)
 
 

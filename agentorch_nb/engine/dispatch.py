@@ -82,6 +82,7 @@ class Engine:
         self._next_task = 1
         self._counts: Counter[TaskStatus] = Counter()
         self._dirty: set[str] = set()  # planned tasks whose readiness may have changed
+        self._committing: set[str] = set()  # finished attempts whose writes are not on disk yet
         self._ready: list[tuple[int, tuple, str]] = []  # heap: (-priority, natural id, id)
         self._priority: dict[str, int] | None = None
         self._stop_reason: dict[str, str] = {}
@@ -162,8 +163,9 @@ class Engine:
             self._dirty.add(task_id)
         elif to == S.READY:
             heapq.heappush(self._ready, (-self._prio(task_id), _natural(task_id), task_id))
-        elif to in (S.COMPLETE, S.ABANDONED):
+        elif to == S.ABANDONED:
             self._dirty.update(self.graph.dependents(task_id))
+        # COMPLETE: dependents are looked at once the completion is on disk (_attempt).
         self._notify()
 
     # ----------------------------------------------------------------- tasks
@@ -189,11 +191,12 @@ class Engine:
                 max_retries=self.config.max_retries if spec.max_retries is None else spec.max_retries,
                 created_by=created_by,
             ))
+        new_ids = set(ids.values())
         for spec, task in zip(specs, new):
             deps = []
             for d in spec.depends_on:
                 dep = ids.get(d, d)
-                if dep not in self.tasks and dep not in ids.values():
+                if dep not in self.tasks and dep not in new_ids:
                     raise UnknownTask(d, self.run_id)
                 deps.append(dep)
             task.depends_on = sorted(set(deps), key=_natural)
@@ -322,7 +325,8 @@ class Engine:
         if self.status.finished:
             return
         c = self._counts
-        if self.running or c[S.READY] or c[S.ACTIVE] or c[S.AWAITING_QA] or self._dirty:
+        if (self.running or self._committing or self._dirty
+                or c[S.READY] or c[S.ACTIVE] or c[S.AWAITING_QA]):
             self._set_run_status(RunStatus.RUNNING)
         elif c[S.COMPLETE] + c[S.ABANDONED] == len(self.tasks):
             self._set_run_status(RunStatus.COMPLETED)
@@ -396,11 +400,18 @@ class Engine:
             self.move(tid, S.COMPLETE)
         finally:
             self.running.pop(tid, None)
+            self._committing.add(tid)
+            self.wake()  # the free slot can go to a task that is ready already
             try:
-                if self.integration is not None:
-                    await asyncio.shield(self.integration.release(task, task.status == S.COMPLETE))
                 # A finished attempt is on disk before anything acts on it.
                 await asyncio.shield(self.store.flush())
+                if task.status == S.COMPLETE:
+                    self._dirty.update(self.graph.dependents(tid))
+                self._committing.discard(tid)
+                self.wake()
+                if self.integration is not None:
+                    await asyncio.shield(self.integration.release(
+                        task, attempt.number, attempt.outcome == Outcome.APPROVED))
             finally:
                 self.wake()
 

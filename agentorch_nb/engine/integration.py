@@ -24,25 +24,36 @@ class Integration:
         self.engine = engine
         self.git = git
         self.keep_failed = keep_failed_worktrees
-        self.active: dict[str, Worktree] = {}  # task id -> worktree of its running attempt
+        self.active: dict[tuple[str, int], Worktree] = {}  # (task id, attempt) -> worktree
         self.failed: set[str] = set()  # branches of failed attempts, kept until the run ends
 
     async def worktree(self, task: Task, attempt: int, create: bool = True) -> Path | None:
-        wt = self.active.get(task.id)
+        wt = self.active.get((task.id, attempt))
         if wt is None and not create:
             return None
         if wt is None:
-            wt = await asyncio.to_thread(self.git.create_worktree, self.engine.run_id, task.id, attempt)
-            self.active[task.id] = wt
+            wt = await self._continued(task) or await asyncio.to_thread(
+                self.git.create_worktree, self.engine.run_id, task.id, attempt)
+            self.active[(task.id, attempt)] = wt
             task.branch, task.worktree = wt.branch, str(wt.path)
             self.engine._save(task)
             self.engine._emit("worktree_created", task.id, attempt=attempt, branch=wt.branch,
                               base_sha=wt.base_sha)
         return wt.path
 
+    async def _continued(self, task: Task) -> Worktree | None:
+        """After a crash the next attempt goes on in the cut-off attempt's worktree."""
+        from .resume import ENGINE_DIED
+
+        earlier = self.engine.attempts[task.id][:-1]
+        if not earlier or earlier[-1].failure_reason != ENGINE_DIED:
+            return None
+        return await asyncio.to_thread(self.git.adopt_worktree, self.engine.run_id, task.id,
+                                       earlier[-1].number)
+
     async def commit(self, task: Task, attempt: Attempt) -> str | None:
         """Commit the attempt's work; the SHA QA will judge, or None if it changed nothing."""
-        wt = self.active.get(task.id)
+        wt = self.active.get((task.id, attempt.number))
         if wt is None:
             return None
         message = f"{task.title}\n\nagentorch run {self.engine.run_id}, task {task.id}, attempt {attempt.number}"
@@ -50,12 +61,12 @@ class Integration:
         head = await asyncio.to_thread(self.git.head, wt)
         return None if head == wt.base_sha else head
 
-    async def diff(self, task: Task) -> str:
-        wt = self.active.get(task.id)
+    async def diff(self, task: Task, attempt: int) -> str:
+        wt = self.active.get((task.id, attempt))
         return "" if wt is None else await asyncio.to_thread(self.git.diff, wt)
 
     async def merge(self, task: Task, attempt: Attempt, sha: str) -> MergeResult:
-        wt = self.active[task.id]
+        wt = self.active[(task.id, attempt.number)]
         message = f"agentorch: merge {self.engine.run_id}/{task.id}: {task.title}"
         result = await asyncio.to_thread(self.git.merge, sha, message)
         self.engine.store.append("merges", {
@@ -68,10 +79,10 @@ class Integration:
                           source_sha=sha, result_sha=result.result_sha)
         return result
 
-    async def release(self, task: Task, approved: bool) -> None:
+    async def release(self, task: Task, attempt: int, approved: bool) -> None:
         """An attempt ended: an approved one's worktree goes at once, a failed one's stays
         for inspection until the run ends."""
-        wt = self.active.pop(task.id, None)
+        wt = self.active.pop((task.id, attempt), None)
         if wt is None:
             return
         if approved:

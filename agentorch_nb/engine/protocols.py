@@ -54,7 +54,7 @@ class Context:
         engine = self._engine
         if engine is None or engine.integration is None:
             return ""
-        return await engine.integration.diff(engine.tasks[self.task_id])
+        return await engine.integration.diff(engine.tasks[self.task_id], self.attempt)
 
     def phoenix_brief(self) -> str:
         """The earlier attempts and the human's guidance, as text for a prompt."""

@@ -21,6 +21,9 @@ from .dispatch import Engine
 from .protocols import Agents
 
 S = TaskStatus
+# The failure reason of an attempt whose process died under it: the next attempt may
+# continue it (same worktree, same conversation) instead of starting over.
+ENGINE_DIED = "the engine process ended during this attempt"
 
 
 def load_state(con, run_id: str) -> dict:
@@ -81,7 +84,7 @@ def recover(engine: Engine) -> None:
     for tid, task in engine.tasks.items():
         if task.status in (S.ACTIVE, S.AWAITING_QA):
             attempt = engine.attempts[tid][-1] if engine.attempts[tid] else None
-            reason = "the engine process ended during this attempt"
+            reason = ENGINE_DIED
             if attempt is not None and attempt.outcome is None:
                 engine._finish_attempt(attempt, Outcome.INTERRUPTED, reason)
             engine.move(tid, S.FAILED, reason)

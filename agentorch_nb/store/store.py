@@ -48,11 +48,14 @@ KEYS: dict[str, tuple[str, ...]] = {
 }
 TIMED = {"events", "messages", "tool_calls", "llm_calls", "insights", "design_decisions", "merges"}
 MEMORY = ":memory:"
-# How long the thread keeps the file open while work keeps arriving, how long it then stays
-# away so that other processes get their turn, and how long it keeps an idle file open.
+# While work keeps arriving the thread keeps the file: for at most HOLD_SECONDS when another
+# process is waiting for it, MAX_HOLD_SECONDS otherwise; then it stays away GAP_SECONDS so
+# that others get their turn. An idle file is kept IDLE_SECONDS, then let go.
 HOLD_SECONDS = 0.15
+MAX_HOLD_SECONDS = 1.0
 GAP_SECONDS = 0.02
 IDLE_SECONDS = 0.03
+CHUNK_ROWS = 500
 
 
 def default_path(workspace: str | os.PathLike) -> Path:
@@ -210,6 +213,10 @@ class Store:
 
     # ---------------------------------------------------------- store thread
     def _serve(self) -> None:
+        # pandas comes in here, early, not at the first write: a first write at interpreter
+        # exit could not import it any more (concurrent.futures refuses after shutdown).
+        import pandas  # noqa: F401
+
         held_since = None
         while True:
             with self._cond:
@@ -236,7 +243,7 @@ class Store:
                 batch, self._batch = self._batch, _Batch()
                 closing = self._closed
             if not batch.empty():
-                if held_since is not None and time.monotonic() - held_since > HOLD_SECONDS:
+                if held_since is not None and self._should_yield(held_since):
                     self._release()
                     time.sleep(GAP_SECONDS)
                     held_since = None
@@ -261,6 +268,21 @@ class Store:
                 self._release(final=True)
                 return
 
+    def _should_yield(self, held_since: float) -> bool:
+        """Give the file up after HOLD_SECONDS of continuous work if another agentorch
+        process has asked for it (it touches the ``.waiting`` file), and after
+        MAX_HOLD_SECONDS in any case (other DuckDB clients cannot ask)."""
+        held = time.monotonic() - held_since
+        if held > MAX_HOLD_SECONDS:
+            return True
+        if held <= HOLD_SECONDS:
+            return False
+        try:
+            asked = os.stat(self.path + ".waiting").st_mtime
+        except OSError:
+            return False
+        return asked >= time.time() - held
+
     def _release(self, final: bool = False) -> None:
         if self._con is not None and (self.path != MEMORY or final):
             try:
@@ -280,6 +302,7 @@ class Store:
             except duckdb.IOException as exc:
                 if "lock" not in str(exc).lower():
                     raise
+                _touch(self.path + ".waiting")  # ask the holder to let go soon
                 if time.monotonic() >= deadline:
                     holder = re.search(r"PID (\d+)", str(exc))
                     who = f"process {holder.group(1)}" if holder else "another process"
@@ -304,17 +327,8 @@ class Store:
                     _insert(con, table, rows, replace=False)
                 for table, keyed in batch.upserts.items():
                     _insert(con, table, list(keyed.values()), replace=True)
-                for (run_id, task_id), deps in batch.deps.items():
-                    con.execute(
-                        "delete from task_deps where run_id = ? and task_id = ?", [run_id, task_id]
-                    )
-                    if deps:
-                        _insert(
-                            con,
-                            "task_deps",
-                            [{"run_id": run_id, "task_id": task_id, "depends_on": d} for d in deps],
-                            replace=False,
-                        )
+                if batch.deps:
+                    _replace_deps(con, batch.deps)
                 con.execute("commit")
             except BaseException:
                 con.execute("rollback")
@@ -328,6 +342,27 @@ class Store:
                 fut.set_exception(exc)
         for fut in batch.flushes:
             _settle(fut)
+
+
+def _touch(path: str) -> None:
+    try:
+        with open(path, "a"):
+            os.utime(path)
+    except OSError:
+        pass
+
+
+def _replace_deps(con, deps: dict[tuple[str, str], list[str]]) -> None:
+    """Replace the dependency lists of many tasks: one delete per run, one bulk insert."""
+    by_run: dict[str, list[str]] = {}
+    for run_id, task_id in deps:
+        by_run.setdefault(run_id, []).append(task_id)
+    for run_id, task_ids in by_run.items():
+        con.execute("delete from task_deps where run_id = ? and list_contains(?, task_id)",
+                    [run_id, task_ids])
+    rows = [{"run_id": r, "task_id": t, "depends_on": d} for (r, t), ds in deps.items() for d in ds]
+    if rows:
+        _insert(con, "task_deps", rows, replace=False)
 
 
 def _settle(fut: cf.Future, exc: BaseException | None = None) -> None:
@@ -348,24 +383,29 @@ def _cell(value: Any) -> Any:
 
 
 def _insert(con, table: str, rows: list[dict], *, replace: bool) -> None:
-    """Insert many rows at once through a pandas frame: DuckDB scans it in bulk, two orders
-    of magnitude faster than executemany."""
+    """Insert many rows through pandas frames: DuckDB scans a frame two orders of magnitude
+    faster than executemany. Chunks bound how long the scan holds the GIL (it reads Python
+    objects), so the event loop in the main thread keeps getting turns."""
     import pandas as pd
 
     cols = list(dict.fromkeys(c for r in rows for c in r))
-    frame = pd.DataFrame(
-        {c: pd.Series([_cell(r.get(c)) for r in rows], dtype=object) for c in cols}
-    )
     verb = "insert or replace" if replace else "insert"
     names = ", ".join(cols)
-    con.register("_agentorch_rows", frame)
-    try:
-        con.execute(f"{verb} into {table} ({names}) select {names} from _agentorch_rows")
-    finally:
+    for start in range(0, len(rows), CHUNK_ROWS):
+        chunk = rows[start:start + CHUNK_ROWS]
+        frame = pd.DataFrame(
+            {c: pd.Series([_cell(r.get(c)) for r in chunk], dtype=object) for c in cols}
+        )
+        con.register("_agentorch_rows", frame)
         try:
-            con.unregister("_agentorch_rows")
-        except Exception:  # noqa: BLE001 - an aborted transaction refuses it; the insert's error matters
-            pass
+            con.execute(f"{verb} into {table} ({names}) select {names} from _agentorch_rows")
+        finally:
+            try:
+                con.unregister("_agentorch_rows")
+            except Exception:  # noqa: BLE001 - an aborted transaction refuses it; the insert's error matters
+                pass
+        if start + CHUNK_ROWS < len(rows):
+            time.sleep(0)  # hand the GIL to the loop between chunks
 
 
 def _dicts(cursor) -> list[dict[str, Any]]:
