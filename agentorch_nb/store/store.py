@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures as cf
+import contextlib
 import json
 import logging
 import os
@@ -56,6 +57,7 @@ MAX_HOLD_SECONDS = 1.0
 GAP_SECONDS = 0.02
 IDLE_SECONDS = 0.03
 CHUNK_ROWS = 500
+SMALL_BATCH = 40  # up to this many rows, one VALUES statement beats building a frame
 
 
 def default_path(workspace: str | os.PathLike) -> Path:
@@ -324,9 +326,9 @@ class Store:
             con.execute("begin transaction")
             try:
                 for table, rows in batch.appends.items():
-                    _insert(con, table, rows, replace=False)
+                    _insert(con, table, rows)
                 for table, keyed in batch.upserts.items():
-                    _insert(con, table, list(keyed.values()), replace=True)
+                    _upsert(con, table, list(keyed.values()))
                 if batch.deps:
                     _replace_deps(con, batch.deps)
                 con.execute("commit")
@@ -362,7 +364,7 @@ def _replace_deps(con, deps: dict[tuple[str, str], list[str]]) -> None:
                     [run_id, task_ids])
     rows = [{"run_id": r, "task_id": t, "depends_on": d} for (r, t), ds in deps.items() for d in ds]
     if rows:
-        _insert(con, "task_deps", rows, replace=False)
+        _insert(con, "task_deps", rows)
 
 
 def _settle(fut: cf.Future, exc: BaseException | None = None) -> None:
@@ -382,30 +384,54 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def _insert(con, table: str, rows: list[dict], *, replace: bool) -> None:
-    """Insert many rows through pandas frames: DuckDB scans a frame two orders of magnitude
-    faster than executemany. Chunks bound how long the scan holds the GIL (it reads Python
-    objects), so the event loop in the main thread keeps getting turns."""
-    import pandas as pd
-
+def _insert(con, table: str, rows: list[dict]) -> None:
+    """Insert rows: a few through one multi-row VALUES statement, many through pandas frames
+    (DuckDB scans a frame two orders of magnitude faster than executemany). Chunks bound how
+    long a scan holds the GIL (it reads Python objects), so the event loop keeps its turns."""
     cols = list(dict.fromkeys(c for r in rows for c in r))
-    verb = "insert or replace" if replace else "insert"
     names = ", ".join(cols)
+    if len(rows) <= SMALL_BATCH:
+        one = "(" + ", ".join("?" * len(cols)) + ")"
+        con.execute(f"insert into {table} ({names}) values " + ", ".join([one] * len(rows)),
+                    [_cell(r.get(c)) for r in rows for c in cols])
+        return
     for start in range(0, len(rows), CHUNK_ROWS):
-        chunk = rows[start:start + CHUNK_ROWS]
-        frame = pd.DataFrame(
-            {c: pd.Series([_cell(r.get(c)) for r in chunk], dtype=object) for c in cols}
-        )
-        con.register("_agentorch_rows", frame)
-        try:
-            con.execute(f"{verb} into {table} ({names}) select {names} from _agentorch_rows")
-        finally:
-            try:
-                con.unregister("_agentorch_rows")
-            except Exception:  # noqa: BLE001 - an aborted transaction refuses it; the insert's error matters
-                pass
+        with _frame(con, [{c: r.get(c) for c in cols} for r in rows[start:start + CHUNK_ROWS]]) as view:
+            con.execute(f"insert into {table} ({names}) select {names} from {view}")
         if start + CHUNK_ROWS < len(rows):
             time.sleep(0)  # hand the GIL to the loop between chunks
+
+
+def _upsert(con, table: str, rows: list[dict]) -> None:
+    """Replace rows by primary key: delete, then insert (DuckDB's INSERT OR REPLACE costs
+    several times as much)."""
+    keys = KEYS[table]
+    if len(rows) <= SMALL_BATCH:
+        match = "(" + " and ".join(f"{k} = ?" for k in keys) + ")"
+        con.execute(f"delete from {table} where " + " or ".join([match] * len(rows)),
+                    [r[k] for r in rows for k in keys])
+    else:
+        with _frame(con, [{k: r[k] for k in keys} for r in rows]) as view:
+            on = " and ".join(f"{table}.{k} = {view}.{k}" for k in keys)
+            con.execute(f"delete from {table} using {view} where {on}")
+    _insert(con, table, rows)
+
+
+@contextlib.contextmanager
+def _frame(con, rows: list[dict]):
+    """``rows`` as a pandas frame registered under a view name, for one statement."""
+    import pandas as pd
+
+    cols = list(rows[0])
+    frame = pd.DataFrame({c: pd.Series([_cell(r[c]) for r in rows], dtype=object) for c in cols})
+    con.register("_agentorch_rows", frame)
+    try:
+        yield "_agentorch_rows"
+    finally:
+        try:
+            con.unregister("_agentorch_rows")
+        except Exception:  # noqa: BLE001 - an aborted transaction refuses it; the statement's error matters
+            pass
 
 
 def _dicts(cursor) -> list[dict[str, Any]]:
