@@ -8,6 +8,7 @@
 
 from .config import Config
 from .engine.protocols import Agents, Context
+from .llm.settings import Models
 from .exceptions import (
     AgentorchError,
     CycleError,
@@ -29,7 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AgentorchError", "Agents", "Config", "Context", "CycleError", "InvalidInput",
-    "InvalidTransition", "Orchestrator", "Outcome", "Profile", "ResolutionError", "Run",
+    "InvalidTransition", "Models", "Orchestrator", "Outcome", "Profile", "ResolutionError", "Run",
     "RunBusyElsewhere", "RunStatus", "StoreBusy", "Task", "TaskSpec", "TaskStatus",
     "UnknownRun", "UnknownTask", "Verdict", "WorkResult", "Workspace", "WorkspaceError",
     "WrongLoop", "init_workspace", "sql",

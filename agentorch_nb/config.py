@@ -6,10 +6,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from .exceptions import InvalidInput
+from .llm.settings import Models
 
 
 @dataclass
@@ -20,6 +21,9 @@ class Config:
     plan_timeout: float = 300.0  # seconds for the Director to plan the objective
     max_retries: int = 4  # retries after the first failed attempt, before a human is asked
     keep_failed_worktrees: bool = False  # keep failed attempts' worktrees after the run ends
+    max_iterations_per_task: int = 10  # reason/act rounds of one worker attempt
+    # Which model each role uses, rate limits, retries, budget: see agentorch_nb.llm.Models.
+    models: Models = field(default_factory=Models)
     # Store: how long a batch of writes may wait for company, and how long any store
     # operation waits for another process to let go of the file before StoreBusy.
     flush_interval: float = 0.05
@@ -30,14 +34,20 @@ class Config:
             raise InvalidInput("max_concurrent_workers must be at least 1")
         if self.max_retries < 0:
             raise InvalidInput("max_retries must be 0 or more")
+        if self.max_iterations_per_task < 1:
+            raise InvalidInput("max_iterations_per_task must be at least 1")
         for name in ("worker_timeout", "qa_timeout", "plan_timeout", "lock_timeout"):
             if getattr(self, name) <= 0:
                 raise InvalidInput(f"{name} must be a positive number of seconds")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready, with API keys redacted (the run's row keeps its config)."""
+        return {**asdict(self), "models": self.models.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        if isinstance(values.get("models"), dict):
+            values["models"] = Models.from_dict(values["models"])
+        return cls(**values)

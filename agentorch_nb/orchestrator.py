@@ -42,10 +42,14 @@ _LIVE: dict[tuple[str, str], Engine] = {}
 _last_store: Store | None = None
 
 
-def _default_agents() -> Agents:
-    from .testing import demo_agents
+def _agents_for(engine: Engine, agents) -> Agents:
+    """``agents`` may be a ready Agents, a team that builds them per run (``for_run``), or
+    None: the LLM team with the run's ``Config.models``."""
+    if agents is None:
+        from .agents import LLMTeam
 
-    return demo_agents()
+        agents = LLMTeam()
+    return agents.for_run(engine) if hasattr(agents, "for_run") else agents
 
 
 class Orchestrator:
@@ -79,9 +83,9 @@ class Orchestrator:
             raise InvalidInput("the objective is empty: say in a sentence what the run should achieve")
         self.git.require_clean()
         engine = Engine(run_id=f"run-{uuid.uuid4().hex[:8]}", objective=objective.strip(),
-                        store=self.store, config=config or self.config,
-                        agents=agents or self.agents or _default_agents(),
+                        store=self.store, config=config or self.config, agents=None,
                         workspace=self.workspace)
+        engine.agents = _agents_for(engine, agents or self.agents)
         engine.created_at = utcnow()
         engine._emit("run_created", None, objective=engine.objective)
         return self._drive(engine)
@@ -101,8 +105,8 @@ class Orchestrator:
                 "or stop that process first"
             )
         data = self.store.call_sync(lambda con: load_state(con, run_id))
-        engine = build_engine(self.store, run_id, data,
-                              agents=agents or self.agents or _default_agents(), config=config)
+        engine = build_engine(self.store, run_id, data, agents=None, config=config)
+        engine.agents = _agents_for(engine, agents or self.agents)
         return self._drive(engine)
 
     def _drive(self, engine: Engine, loop: asyncio.AbstractEventLoop | None = None) -> Run:

@@ -39,6 +39,7 @@ from ..model import (
     check_transition,
     utcnow,
 )
+from ..llm.errors import BudgetExceeded
 from ..store import Store
 from ..store.records import attempt_row, interrupt_row, task_row
 from . import phoenix
@@ -83,6 +84,7 @@ class Engine:
         self._counts: Counter[TaskStatus] = Counter()
         self._dirty: set[str] = set()  # planned tasks whose readiness may have changed
         self._committing: set[str] = set()  # finished attempts whose writes are not on disk yet
+        self.budget_hold = False  # the LLM budget is spent: start nothing until a human retries
         self._ready: list[tuple[int, tuple, str]] = []  # heap: (-priority, natural id, id)
         self._priority: dict[str, int] | None = None
         self._stop_reason: dict[str, str] = {}
@@ -313,7 +315,7 @@ class Engine:
                                      f"depends on abandoned {', '.join(gone)}: retry to wait "
                                      "for a replacement, or spawn one, or abandon this task too",
                                      abandoned=gone)
-        if self.status in (RunStatus.RUNNING, RunStatus.PAUSED):
+        if self.status in (RunStatus.RUNNING, RunStatus.PAUSED) and not self.budget_hold:
             while self._ready and len(self.running) < self.config.max_concurrent_workers:
                 _, _, tid = heapq.heappop(self._ready)
                 if self.tasks[tid].status != S.READY:
@@ -325,8 +327,8 @@ class Engine:
         if self.status.finished:
             return
         c = self._counts
-        if (self.running or self._committing or self._dirty
-                or c[S.READY] or c[S.ACTIVE] or c[S.AWAITING_QA]):
+        if (self.running or self._committing or self._dirty or c[S.ACTIVE] or c[S.AWAITING_QA]
+                or (c[S.READY] and not self.budget_hold)):
             self._set_run_status(RunStatus.RUNNING)
         elif c[S.COMPLETE] + c[S.ABANDONED] == len(self.tasks):
             self._set_run_status(RunStatus.COMPLETED)
@@ -394,7 +396,8 @@ class Engine:
                 except asyncio.CancelledError:
                     self._stopped(task, attempt)
                     return
-                self._fail(task, attempt, failed.outcome, failed.reason, failed.feedback)
+                self._fail(task, attempt, failed.outcome, failed.reason, failed.feedback,
+                           escalate=failed.escalate)
                 return
             self._finish_attempt(attempt, Outcome.APPROVED)
             self.move(tid, S.COMPLETE)
@@ -453,11 +456,17 @@ class Engine:
                    outcome=outcome, reason=reason)
 
     def _fail(self, task: Task, attempt: Attempt, outcome: Outcome, reason: str,
-              feedback: str | None = None) -> None:
+              feedback: str | None = None, escalate: str | None = None) -> None:
         attempt.qa_feedback = feedback or attempt.qa_feedback
         self._finish_attempt(attempt, outcome, reason)
         self.move(task.id, S.FAILED, reason)
-        self.after_failure(task, reason)
+        if escalate == "budget":
+            # Spending more cannot help: hold new work and ask a human.
+            self.budget_hold = True
+            self.move(task.id, S.WAITING_HUMAN, reason)
+            self.raise_interrupt(task.id, "budget", reason)
+        else:
+            self.after_failure(task, reason)
 
     def after_failure(self, task: Task, reason: str) -> None:
         """Phoenix: retry with the history, or hand the task to a human."""
@@ -528,9 +537,11 @@ class Engine:
 class _Failed(Exception):
     """How an attempt failed; becomes the attempt's outcome and the Phoenix context."""
 
-    def __init__(self, outcome: Outcome, reason: str, feedback: str | None = None) -> None:
+    def __init__(self, outcome: Outcome, reason: str, feedback: str | None = None,
+                 escalate: str | None = None) -> None:
         super().__init__(reason)
         self.outcome, self.reason, self.feedback = outcome, reason, feedback
+        self.escalate = escalate  # straight to a human (an interrupt of this kind), no retry
 
 
 async def _bounded(coro, timeout: float, who: str):
@@ -543,6 +554,8 @@ async def _bounded(coro, timeout: float, who: str):
         raise _Failed(Outcome.TIMEOUT, f"{who} gave no result within {timeout:g} s") from None
     except _Failed:
         raise
+    except BudgetExceeded as exc:
+        raise _Failed(Outcome.ERROR, str(exc), escalate="budget") from None
     except Exception as exc:  # noqa: BLE001 - an agent's bug is a failed attempt
         prefix = "" if who == "worker" else f"{who} failed: "
         raise _Failed(Outcome.ERROR, prefix + _describe(exc)) from None

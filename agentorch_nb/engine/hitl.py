@@ -90,6 +90,7 @@ def _edit(engine: Engine, task, description, criteria, guidance) -> None:
 
 def _restart_budget(engine: Engine, task, reason: str) -> None:
     task.retries_used = 0
+    engine.budget_hold = False  # a human chose to go on
     engine.move(task.id, S.PLANNED, reason)
 
 

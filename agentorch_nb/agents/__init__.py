@@ -1,0 +1,90 @@
+"""The LLM agents: Director, planner, ReAct workers and Strategist, through ``agentorch_nb.llm``.
+
+``LLMTeam(models)`` is what an Orchestrator uses by default: for each run it builds the
+agents around one LLM client (whose calls, budget and ``llm_calls`` rows are the run's), the
+run's DuckDB checkpointer and the tool layer.
+
+    orch = ao.Orchestrator("repo", config=ao.Config(models=ao.Models(worker_model="openai/gpt-4o-mini")))
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..engine.protocols import Agents
+from ..model import Profile
+from .director import LLMDirector
+from .planner import LLMPlanner
+from .strategist import LLMStrategist
+from .worker import ReActWorker, ToolOutcome
+
+__all__ = ["LLMDirector", "LLMPlanner", "LLMStrategist", "LLMTeam", "ReActWorker", "ByProfile",
+           "DEMO_SCRIPT", "demo_models"]
+
+DEMO_SCRIPT = Path(str(resources.files(__package__).joinpath("scripts", "demo.yaml")))
+
+
+class ByProfile:
+    """A worker that hands each task to the worker registered for its profile."""
+
+    def __init__(self, workers: dict[Profile, Any], default: Any) -> None:
+        self.workers = workers
+        self.default = default
+
+    async def run(self, task, ctx):
+        return await self.workers.get(task.profile, self.default).run(task, ctx)
+
+
+class Toolbox:
+    """The tools of one attempt, confined to its worktree, through the validation layer."""
+
+    def __init__(self, task, ctx, root: Path) -> None:
+        from ..tools import ToolEnv
+
+        self.env = ToolEnv.from_context(ctx, root, task.profile)
+
+    def schemas(self) -> list[dict[str, Any]]:
+        from ..tools import tools_for
+
+        return [t.schema() for t in tools_for(self.env.profile, self.env.granted)]
+
+    async def call(self, call_id: str, name: str, arguments: dict[str, Any]) -> ToolOutcome:
+        from ..tools import call_tool
+
+        result = await call_tool(name, arguments, env=self.env, call_id=call_id)
+        out: ToolOutcome = {"content": result.text}
+        if result.action == "finish" and result.ok:
+            out["finish"] = dict(result.data or {})
+        elif result.action == "request_tools" and result.ok:
+            self.env.granted = self.env.granted | frozenset((result.data or {}).get("tools", []))
+        return out
+
+
+class LLMTeam:
+    """Builds a run's agents. ``checks``: the commands QA runs in a worktree (None: pytest
+    when the worktree has tests)."""
+
+    def __init__(self, models=None, *, checks: list[str] | None = None) -> None:
+        self.models = models
+        self.checks = checks
+
+    def for_run(self, engine) -> Agents:
+        from ..llm import LLM
+        from ..store.checkpoint import DuckDBSaver
+
+        llm = LLM(self.models or engine.config.models, store=engine.store, run_id=engine.run_id,
+                  workspace=engine.workspace)
+        worker = ReActWorker(llm, Toolbox, checkpointer=DuckDBSaver(engine.store),
+                             max_iterations=engine.config.max_iterations_per_task)
+        return Agents(LLMDirector(llm), ByProfile({Profile.PLAN: LLMPlanner(llm)}, worker),
+                      LLMStrategist(llm, self.checks))
+
+
+def demo_models():
+    """Models that play the offline demo script for every role."""
+    from ..llm import Models, load_script
+
+    load_script(DEMO_SCRIPT, name="demo")
+    return Models(worker_model="scripted/demo")
