@@ -3,34 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from . import Orchestrator
+from .agents import LLMTeam, demo_models
 from .config import Config
-from .testing import DEMO_OBJECTIVE, demo_agents
-
-
-def init_demo_repo(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    git = ["git", "-C", str(path), "-c", "user.name=agentorch demo", "-c", "user.email=demo@localhost"]
-    subprocess.run(git[:3] + ["init", "-q"], check=True)
-    (path / "README.md").write_text("# wordstats\n")
-    subprocess.run(git + ["add", "README.md"], check=True)
-    subprocess.run(git + ["commit", "-q", "-m", "Initial commit"], check=True)
-    return path
+from .testing import DEMO_OBJECTIVE
+from .workspace import init_workspace
 
 
 def demo(args: argparse.Namespace) -> int:
     workspace = Path(args.workspace) if args.workspace else Path(tempfile.mkdtemp(prefix="agentorch-demo-"))
-    if not (workspace / ".git").exists():
-        init_demo_repo(workspace)
+    init_workspace(workspace)
     print(f"workspace: {workspace}")
-    orch = Orchestrator(workspace, config=Config(max_concurrent_workers=args.workers),
-                        agents=demo_agents())
+    config = Config(max_concurrent_workers=args.workers, models=demo_models())
+    orch = Orchestrator(workspace, config=config, agents=LLMTeam())
     started = time.perf_counter()
     run = orch.start(args.objective)
     print(f"run {run.id}: {args.objective}")
@@ -41,11 +31,19 @@ def demo(args: argparse.Namespace) -> int:
         deps = f" <- {', '.join(t.depends_on)}" if t.depends_on else ""
         print(f"  {t.id:<4} {t.status.value:<14} attempts={t.attempts}  {t.title}{deps}")
     print("\nattempts that failed (Phoenix retried them with this context):")
-    failed = orch.sql("select task_id, attempt, outcome, qa_feedback from attempts "
+    failed = orch.sql("select task_id, attempt, outcome, summary from attempts "
                       "where run_id = ? and outcome <> 'approved' order by task_id, attempt", [run.id])
     print(failed.to_string(index=False) if len(failed) else "  none")
+    llm = orch.sql("select count(*) as calls, coalesce(sum(tokens_in), 0) as tin, "
+                   "coalesce(sum(tokens_out), 0) as tout, coalesce(sum(cost_usd), 0) as cost "
+                   "from llm_calls where run_id = ?", [run.id]).iloc[0]
+    print(f"\nLLM: {int(llm.calls)} calls, {int(llm.tin)} tokens in, {int(llm.tout)} out, "
+          f"${float(llm.cost):.4f} (the offline scripted model costs nothing)")
+    merged = orch.sql("select count(*) as n from merges where run_id = ? and status <> 'conflict'", [run.id]).n[0]
+    print(f"git: {int(merged)} approved attempts merged into {orch.git.target}; "
+          f"try: cd {workspace} && git log --oneline && python -m pytest -q")
     counts = orch.sql("select count(*) as events, max(seq) as last_seq from events where run_id = ?", [run.id])
-    print(f"\nstore: {orch.store.path} ({int(counts.events[0])} events)")
+    print(f"store: {orch.store.path} ({int(counts.events[0])} events)")
     print(f"try:   python -c \"import agentorch_nb as ao; print(ao.sql('select * from tasks', store='{orch.store.path}'))\"")
     return 0 if status.value == "completed" else 1
 

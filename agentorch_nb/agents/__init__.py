@@ -18,7 +18,7 @@ from ..model import Profile
 from .director import LLMDirector
 from .planner import LLMPlanner
 from .strategist import LLMStrategist
-from .worker import ReActWorker, ToolOutcome
+from .worker import ReActWorker
 
 __all__ = ["LLMDirector", "LLMPlanner", "LLMStrategist", "LLMTeam", "ReActWorker", "ByProfile",
            "DEMO_SCRIPT", "demo_models"]
@@ -37,29 +37,10 @@ class ByProfile:
         return await self.workers.get(task.profile, self.default).run(task, ctx)
 
 
-class Toolbox:
-    """The tools of one attempt, confined to its worktree, through the validation layer."""
+def _toolbox(task, ctx, root: Path):
+    from ..tools import Toolbox, ToolEnv
 
-    def __init__(self, task, ctx, root: Path) -> None:
-        from ..tools import ToolEnv
-
-        self.env = ToolEnv.from_context(ctx, root, task.profile)
-
-    def schemas(self) -> list[dict[str, Any]]:
-        from ..tools import tools_for
-
-        return [t.schema() for t in tools_for(self.env.profile, self.env.granted)]
-
-    async def call(self, call_id: str, name: str, arguments: dict[str, Any]) -> ToolOutcome:
-        from ..tools import call_tool
-
-        result = await call_tool(name, arguments, env=self.env, call_id=call_id)
-        out: ToolOutcome = {"content": result.text}
-        if result.action == "finish" and result.ok:
-            out["finish"] = dict(result.data or {})
-        elif result.action == "request_tools" and result.ok:
-            self.env.granted = self.env.granted | frozenset((result.data or {}).get("tools", []))
-        return out
+    return Toolbox(ToolEnv.from_context(ctx, root, task.profile))
 
 
 class LLMTeam:
@@ -76,7 +57,7 @@ class LLMTeam:
 
         llm = LLM(self.models or engine.config.models, store=engine.store, run_id=engine.run_id,
                   workspace=engine.workspace)
-        worker = ReActWorker(llm, Toolbox, checkpointer=DuckDBSaver(engine.store),
+        worker = ReActWorker(llm, _toolbox, checkpointer=DuckDBSaver(engine.store),
                              max_iterations=engine.config.max_iterations_per_task)
         return Agents(LLMDirector(llm), ByProfile({Profile.PLAN: LLMPlanner(llm)}, worker),
                       LLMStrategist(llm, self.checks))

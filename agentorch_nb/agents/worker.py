@@ -19,16 +19,14 @@ from .structured import profile_guidance, prompt
 
 
 class Toolbox(Protocol):
-    """What the worker needs of the tool layer."""
+    """What the worker needs of the tool layer (``agentorch_nb.tools.Toolbox``)."""
 
     def schemas(self) -> list[dict[str, Any]]: ...
 
-    async def call(self, call_id: str, name: str, arguments: dict[str, Any]) -> ToolOutcome: ...
+    def grant(self, names: list[str]) -> None: ...
 
-
-class ToolOutcome(TypedDict, total=False):
-    content: str  # what the model reads as the tool's answer
-    finish: dict[str, Any]  # set by the `finish` tool: summary, artifacts, success
+    async def call(self, call_id: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        """``{"content": text}`` plus ``{action: data}`` (``finish``, ``request_tools``)."""
 
 
 class WorkerState(TypedDict):
@@ -113,7 +111,7 @@ class ReActWorker:
                     if not isinstance(arguments, dict):
                         raise ValueError("arguments must be a JSON object")
                 except (ValueError, TypeError) as exc:
-                    outcome: ToolOutcome = {"content": f"error: the arguments of `{fn['name']}` are not "
+                    outcome = {"content": f"error: the arguments of `{fn['name']}` are not "
                                                        f"a JSON object ({exc}); call it again"}
                 else:
                     outcome = await toolbox.call(call["id"], fn["name"], arguments)
@@ -121,6 +119,11 @@ class ReActWorker:
                 ctx.log("tool", outcome.get("content", ""), tool_call_id=call["id"], name=fn["name"])
                 if outcome.get("finish") is not None:
                     finish = outcome["finish"]
+                if outcome.get("request_tools"):
+                    # Progressive disclosure: granted for the rest of the attempt, and logged.
+                    wanted = list(outcome["request_tools"].get("tools", []))
+                    toolbox.grant(wanted)
+                    ctx.log("system", f"granted tools: {', '.join(wanted)}")
             return {"messages": answers, "finish": finish}
 
         def after_reason(state: WorkerState) -> str:
