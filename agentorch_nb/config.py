@@ -22,6 +22,10 @@ class Config:
     max_retries: int = 4  # retries after the first failed attempt, before a human is asked
     keep_failed_worktrees: bool = False  # keep failed attempts' worktrees after the run ends
     max_iterations_per_task: int = 10  # reason/act rounds of one worker attempt
+    # The Guardian: every guardian_every tool calls a (cheap) model judges whether the worker
+    # drifts from its task and may inject a nudge. Its checks are guardian_verdicts rows.
+    enable_guardian: bool = False
+    guardian_every: int = 5
     # Which model each role uses, rate limits, retries, budget: see agentorch_nb.llm.Models.
     models: Models = field(default_factory=Models)
     # Store: how long a batch of writes may wait for company, and how long any store
@@ -34,6 +38,8 @@ class Config:
             raise InvalidInput("max_concurrent_workers must be at least 1")
         if self.max_retries < 0:
             raise InvalidInput("max_retries must be 0 or more")
+        if self.guardian_every < 1:
+            raise InvalidInput("guardian_every must be at least 1")
         if self.max_iterations_per_task < 1:
             raise InvalidInput("max_iterations_per_task must be at least 1")
         for name in ("worker_timeout", "qa_timeout", "plan_timeout", "lock_timeout"):

@@ -16,11 +16,12 @@ from typing import Any
 from ..engine.protocols import Agents
 from ..model import Profile
 from .director import LLMDirector
+from .guardian import Guardian
 from .planner import LLMPlanner
 from .strategist import LLMStrategist
 from .worker import ReActWorker
 
-__all__ = ["LLMDirector", "LLMPlanner", "LLMStrategist", "LLMTeam", "ReActWorker", "ByProfile",
+__all__ = ["Guardian", "LLMDirector", "LLMPlanner", "LLMStrategist", "LLMTeam", "ReActWorker", "ByProfile",
            "DEMO_SCRIPT", "demo_models"]
 
 DEMO_SCRIPT = Path(str(resources.files(__package__).joinpath("scripts", "demo.yaml")))
@@ -57,8 +58,9 @@ class LLMTeam:
 
         llm = LLM(self.models or engine.config.models, store=engine.store, run_id=engine.run_id,
                   workspace=engine.workspace)
+        guardian = Guardian(llm, engine.config.guardian_every) if engine.config.enable_guardian else None
         worker = ReActWorker(llm, _toolbox, checkpointer=DuckDBSaver(engine.store),
-                             max_iterations=engine.config.max_iterations_per_task)
+                             max_iterations=engine.config.max_iterations_per_task, guardian=guardian)
         return Agents(LLMDirector(llm), ByProfile({Profile.PLAN: LLMPlanner(llm)}, worker),
                       LLMStrategist(llm, self.checks))
 

@@ -33,16 +33,19 @@ class WorkerState(TypedDict):
     messages: Annotated[list[dict[str, Any]], operator.add]
     steps: int
     finish: dict[str, Any] | None
+    tool_calls: int
 
 
 class ReActWorker:
     """``toolbox_for(task, ctx, root)`` builds the toolbox of one attempt in its worktree."""
 
-    def __init__(self, llm, toolbox_for, *, checkpointer=None, max_iterations: int = 10) -> None:
+    def __init__(self, llm, toolbox_for, *, checkpointer=None, max_iterations: int = 10,
+                 guardian=None) -> None:
         self.llm = llm
         self.toolbox_for = toolbox_for
         self.checkpointer = checkpointer
         self.max_iterations = max_iterations
+        self.guardian = guardian
 
     async def run(self, task, ctx) -> WorkResult:
         root = await ctx.worktree()
@@ -51,7 +54,8 @@ class ReActWorker:
         config = {"configurable": {"thread_id": thread_id(ctx.run_id, task.id, ctx.attempt)},
                   "recursion_limit": 4 * self.max_iterations + 10}
         start: dict[str, Any] | None = {
-            "messages": [{"role": "user", "content": self._brief(task, ctx)}], "steps": 0, "finish": None}
+            "messages": [{"role": "user", "content": self._brief(task, ctx)}], "steps": 0,
+            "finish": None, "tool_calls": 0}
         previous = ctx.history[-1] if ctx.history else None
         if (self.checkpointer is not None and previous is not None
                 and previous.outcome == Outcome.INTERRUPTED and previous.failure_reason == ENGINE_DIED):
@@ -85,7 +89,7 @@ class ReActWorker:
     def _graph(self, task, ctx, toolbox: Toolbox):
         from langgraph.graph import END, START, StateGraph
 
-        llm, limit = self.llm, self.max_iterations
+        llm, limit, guardian = self.llm, self.max_iterations, self.guardian
 
         async def reason(state: WorkerState) -> dict:
             reply = await llm.complete(role="worker", messages=state["messages"],
@@ -124,7 +128,14 @@ class ReActWorker:
                     wanted = list(outcome["request_tools"].get("tools", []))
                     toolbox.grant(wanted)
                     ctx.log("system", f"granted tools: {', '.join(wanted)}")
-            return {"messages": answers, "finish": finish}
+            before = state.get("tool_calls", 0)
+            after = before + len(calls)
+            if guardian is not None and finish is None and guardian.due(before, after):
+                nudge = await guardian.check(task, ctx, state["messages"] + answers, after)
+                if nudge:
+                    answers.append({"role": "user", "content": f"Guardian: {nudge}"})
+                    ctx.log("guardian", nudge)
+            return {"messages": answers, "finish": finish, "tool_calls": after}
 
         def after_reason(state: WorkerState) -> str:
             last = state["messages"][-1]

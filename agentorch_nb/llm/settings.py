@@ -28,6 +28,7 @@ ROLE_FIELDS: dict[str, str] = {
     "coder": "coder_model",
     "tester": "tester_model",
     "researcher": "researcher_model",
+    "guardian": "guardian_model",
     "writer": "writer_model",
 }
 PROFILE_FIELDS: dict[str, str] = {
@@ -60,6 +61,7 @@ class Models:
     tester_model: str | None = None
     researcher_model: str | None = None
     writer_model: str | None = None
+    guardian_model: str | None = None  # a cheap model is enough to judge drift
     # Sampling temperature: the default, then overrides keyed by role or profile name
     # (a profile's entry wins over its role's). None sends no temperature at all.
     temperature: float | None = 0.2

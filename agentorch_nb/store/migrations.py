@@ -66,7 +66,24 @@ def _v2_checkpoints(con) -> None:
     )
 
 
-MIGRATIONS: list[Callable] = [_v1_initial, _v2_checkpoints]
+def _v3_guardian(con) -> None:
+    """The Guardian's drift checks: one row per check of a worker's attempt."""
+    con.execute(
+        """
+        create table if not exists guardian_verdicts (
+            run_id      varchar not null,
+            task_id     varchar not null,
+            attempt     integer not null,
+            ts          timestamp not null,
+            tool_calls  integer not null,   -- tool calls of the attempt so far
+            on_track    boolean not null,
+            nudge       varchar             -- the message injected when it was off track
+        )
+        """
+    )
+
+
+MIGRATIONS: list[Callable] = [_v1_initial, _v2_checkpoints, _v3_guardian]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -1,0 +1,200 @@
+"""The LLM agents through litellm with scripted models, on real repositories and stores."""
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import agentorch_nb as ao
+from agentorch_nb import RunStatus, TaskStatus
+from agentorch_nb.agents import LLMTeam
+from agentorch_nb.agents.worker import ReActWorker
+from agentorch_nb.engine.resume import ENGINE_DIED
+from agentorch_nb.llm import LLM, Models, register_script
+from agentorch_nb.model import Attempt, Outcome, Task, utcnow
+from agentorch_nb.tools import Toolbox, ToolEnv
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def call(name, **arguments):
+    return {"name": name, "arguments": arguments}
+
+
+def plan_one(title="Do it", profile="code", **extra):
+    return [
+        {"role": "director", "reply": {"tool_calls": [call("submit_plan", components=[
+            {"title": "all", "description": "everything"}])]}},
+        {"role": "planner", "reply": {"tool_calls": [call("create_subtasks", tasks=[
+            {"key": "a", "title": title, "description": "d", "acceptance_criteria": ["works"],
+             "profile": profile, **extra}])]}},
+    ]
+
+
+APPROVE = {"role": "strategist", "reply": {"tool_calls": [call(
+    "submit_verdict", approved=True, criteria=[{"criterion": "works", "met": True}])]}}
+
+
+def orch_for(repo, script_name, rules, **config):
+    register_script(script_name, rules)
+    cfg = ao.Config(models=Models(worker_model=f"scripted/{script_name}", backoff_base=0.01),
+                    flush_interval=0.01, **config)
+    return ao.Orchestrator(repo, config=cfg, agents=LLMTeam(checks=[]))
+
+
+async def test_director_in_prose_is_asked_again_and_the_plan_runs(repo):
+    rules = [
+        {"role": "director", "replies": [{"content": "I think we should build it."}]},
+        *plan_one(),
+        {"role": "worker", "replies": [
+            {"tool_calls": [call("write_file", path="a.txt", content="A\n")]},
+            {"tool_calls": [call("finish", summary="wrote a.txt", artifacts=["a.txt"])]}]},
+        APPROVE,
+    ]
+    run = orch_for(repo, "prose", rules).start("write a.txt")
+    assert await run.wait(60) == RunStatus.COMPLETED, run.summary()
+    assert (repo / "a.txt").read_text() == "A\n"
+    director = run.messages().query("role in ('user', 'assistant') and task_id.isnull()")
+    assert "You must answer by calling the tool `submit_plan`" in " ".join(director.content)
+    calls = run.store.rows("select role, count(*) as n from llm_calls where run_id = ? group by role "
+                           "order by role", [run.id])
+    assert {r["role"]: r["n"] for r in calls} == {"director": 2, "planner": 1, "strategist": 2, "worker": 2}
+    tools = run.store.rows("select tool, error from tool_calls where run_id = ? order by ts", [run.id])
+    assert [(t["tool"], t["error"]) for t in tools] == [("write_file", None), ("finish", None)]
+
+
+async def test_a_plan_with_an_unknown_dependency_goes_back_to_the_planner(repo):
+    good = {"key": "a", "title": "A", "description": "d", "acceptance_criteria": ["ok"], "profile": "code"}
+    rules = [
+        {"role": "director", "reply": {"tool_calls": [call("submit_plan", components=[
+            {"title": "c", "description": "d"}])]}},
+        {"role": "planner", "attempt": 1, "reply": {"tool_calls": [call("create_subtasks", tasks=[
+            {**good, "depends_on": ["nowhere"]}])]}},
+        {"role": "planner", "last_message": "nowhere", "reply": {"tool_calls": [call(
+            "create_subtasks", tasks=[good])]}},
+        {"role": "worker", "reply": {"tool_calls": [call("finish", summary="nothing to change")]}},
+        APPROVE,
+    ]
+    run = orch_for(repo, "baddep", rules).start("x")
+    assert await run.wait(60) == RunStatus.COMPLETED, run.summary()
+    attempts = run.store.rows("select attempt, outcome, failure_reason from attempts where run_id = ? "
+                              "and task_id = 't1' order by attempt", [run.id])
+    assert attempts[0]["outcome"] == "error" and "nowhere" in attempts[0]["failure_reason"]
+    assert [t.title for t in run.tasks] == ["Plan: c", "A"]
+
+
+async def test_running_out_of_iterations_fails_the_attempt(repo):
+    rules = [*plan_one(),
+             {"role": "worker", "reply": {"tool_calls": [call("list_directory", path=".")]}},
+             APPROVE]
+    run = orch_for(repo, "loop", rules, max_iterations_per_task=3, max_retries=0).start("x")
+    assert await run.wait(60) == RunStatus.PAUSED
+    (a,) = run.store.rows("select outcome, failure_reason from attempts where run_id = ? and task_id = 't2'",
+                          [run.id])
+    assert "ran out of iterations (3)" in a["failure_reason"]
+    assert run.task("t2").status == TaskStatus.WAITING_HUMAN
+
+
+async def test_a_spent_budget_pauses_new_work_with_an_interrupt(repo):
+    rules = [*plan_one(),
+             {"role": "worker", "reply": {"content": "thinking " * 400, "tokens_in": 5000, "tokens_out": 5000}},
+             APPROVE]
+    register_script("budget", rules)
+    cfg = ao.Config(models=Models(worker_model="scripted/budget", budget_tokens=12_000), flush_interval=0.01)
+    run = ao.Orchestrator(repo, config=cfg, agents=LLMTeam(checks=[])).start("x")
+    assert await run.wait(60) == RunStatus.PAUSED
+    (it,) = run.interrupts()
+    assert it.kind == "budget" and "budget is spent" in it.reason and it.task_id == "t2"
+    calls_before = len(run.store.rows("select * from llm_calls where run_id = ?", [run.id]))
+    await asyncio.sleep(0.3)
+    assert len(run.store.rows("select * from llm_calls where run_id = ?", [run.id])) == calls_before
+    assert run.task("t2").attempts == 1  # no retry spent more
+
+
+async def test_the_next_attempt_continues_a_crashed_one_from_its_checkpoint(repo, tmp_path):
+    """Attempt 1 is cut off after writing a file (its process 'died'); attempt 2 continues the
+    same conversation in the same worktree instead of starting over."""
+    from agentorch_nb.store import Store
+    from agentorch_nb.store.checkpoint import DuckDBSaver
+    from agentorch_nb.workspace import Workspace
+
+    register_script("resume", [
+        {"role": "worker", "attempt": 1, "replies": [
+            {"tool_calls": [call("write_file", path="half.txt", content="first half\n")]},
+            {"error": {"status": 400}}]},  # the call that never came back
+        {"role": "worker", "attempt": 2, "last_message": "wrote", "replies": [
+            {"tool_calls": [call("finish", summary="continued")]}]},
+    ])
+    store = Store.open(tmp_path / "s.duckdb")
+    llm = LLM(Models(worker_model="scripted/resume", max_retries=0), store=store, run_id="r1")
+    ws = Workspace(repo)
+    worker = ReActWorker(llm, lambda task, ctx, root: Toolbox(ToolEnv(root=root, run_id="r1")),
+                         checkpointer=DuckDBSaver(store))
+    task = Task(id="t1", run_id="r1", title="two halves", acceptance_criteria=["both"])
+
+    class Ctx:
+        run_id, objective, task_id = "r1", "x", "t1"
+
+        def __init__(self, attempt, history):
+            self.attempt, self.history, self.guidance, self.logged = attempt, history, None, []
+
+        async def worktree(self, create=True):
+            wt = ws.adopt_worktree("r1", "t1", 1) or ws.create_worktree("r1", "t1", 1)
+            return wt.path
+
+        def log(self, role, content, **meta):
+            self.logged.append((role, content))
+
+        def phoenix_brief(self):
+            return ""
+
+    with pytest.raises(ao.AgentorchError):
+        await worker.run(task, Ctx(1, []))
+    cut = Attempt("r1", "t1", 1, utcnow(), outcome=Outcome.INTERRUPTED, failure_reason=ENGINE_DIED)
+    second = Ctx(2, [cut])
+    result = await worker.run(task, second)
+    assert result.ok and result.summary == "continued"
+    assert ("system", "continuing attempt 1 from its last checkpoint") in second.logged
+    assert (await second.worktree() / "half.txt").read_text() == "first half\n"
+
+
+@pytest.mark.slow
+def test_the_readme_demo_builds_a_working_package(tmp_path):
+    ws = tmp_path / "demo"
+    out = subprocess.run([sys.executable, "-m", "agentorch_nb", "demo", "--workspace", str(ws)],
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "status: completed" in out.stdout
+    assert "attempts=2  Write pytest tests" in out.stdout  # the Phoenix retry
+    assert "tokens in" in out.stdout and "$0.0000" in out.stdout
+    assert (ws / "wordstats" / "__init__.py").exists() and (ws / "tests" / "test_wordstats.py").exists()
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=ws,
+                           capture_output=True, text=True, timeout=120)
+    assert tests.returncode == 0 and "4 passed" in tests.stdout, tests.stdout
+    status = subprocess.run(["git", "-C", str(ws), "status", "--porcelain"], capture_output=True, text=True)
+    assert status.stdout == ""
+    log = subprocess.run(["git", "-C", str(ws), "log", "--format=%s"], capture_output=True, text=True).stdout
+    assert "Implement count_words(text)" in log and "Write pytest tests" in log
+
+
+async def test_the_guardian_nudges_a_drifting_worker(repo):
+    rules = [*plan_one(),
+             {"role": "worker", "last_message": "Guardian:", "reply": {
+                 "tool_calls": [call("finish", summary="back on track")]}},
+             {"role": "worker", "reply": {"tool_calls": [call("list_directory", path=".")]}},
+             {"role": "guardian", "replies": [
+                 {"tool_calls": [call("submit_drift_check", on_track=True)]},
+                 {"tool_calls": [call("submit_drift_check", on_track=False,
+                                      nudge="Stop listing directories; finish the task.")]}]},
+             APPROVE]
+    run = orch_for(repo, "guard", rules, enable_guardian=True, guardian_every=2).start("x")
+    assert await run.wait(60) == RunStatus.COMPLETED, run.summary()
+    rows = run.store.rows("select tool_calls, on_track, nudge from guardian_verdicts where run_id = ? "
+                          "order by ts", [run.id])
+    assert [(r["tool_calls"], r["on_track"]) for r in rows] == [(2, True), (4, False)]
+    assert rows[1]["nudge"] == "Stop listing directories; finish the task."
+    assert run.task("t2").result_summary == "back on track"
