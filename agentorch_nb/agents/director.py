@@ -18,6 +18,15 @@ SUBMIT_PLAN = tool(
     ["components"])
 
 
+SUBMIT_REVIEW = tool(
+    "submit_review", "Dependencies to add between tasks of different components.",
+    {"add_dependencies": {"type": "array", "items": {"type": "object", "properties": {
+        "task": {"type": "string"}, "depends_on": {"type": "string"}},
+        "required": ["task", "depends_on"]}},
+     "notes": {"type": "string"}},
+    ["add_dependencies"])
+
+
 def _components(args: dict) -> list[TaskSpec]:
     comps = args["components"]
     if not isinstance(comps, list) or not comps:
@@ -45,6 +54,26 @@ class LLMDirector:
         messages = [{"role": "user", "content": prompt("director", objective=objective, files=files)}]
         return await ask(self.llm, role="director", messages=messages, schema=SUBMIT_PLAN,
                          parse=_components, ctx=ctx, title=objective)
+
+
+    async def review(self, objective: str, tasks: list[dict], ctx) -> list[tuple[str, str]]:
+        """After planning: dependencies between components that the planners could not see."""
+        known = {t["id"] for t in tasks}
+
+        def parse(args: dict) -> list[tuple[str, str]]:
+            edges = [(str(e["task"]), str(e["depends_on"])) for e in args["add_dependencies"]]
+            unknown = sorted({x for e in edges for x in e} - known)
+            if unknown:
+                raise ValueError(f"unknown task ids {unknown}; use the ids listed")
+            return edges
+
+        listing = "\n".join(f"- {t['id']} ({t['profile']}) {t['title']}"
+                            + (f" <- {', '.join(t['depends_on'])}" if t["depends_on"] else "")
+                            for t in tasks)
+        messages = [{"role": "user", "content": prompt("director_review", objective=objective,
+                                                        tasks=listing)}]
+        return await ask(self.llm, role="director", messages=messages, schema=SUBMIT_REVIEW,
+                         parse=parse, ctx=ctx, title=objective)
 
 
 def _top_level(workspace) -> str:

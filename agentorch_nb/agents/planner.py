@@ -25,7 +25,9 @@ CREATE_SUBTASKS = tool(
     ["tasks"])
 
 
-def parse_subtasks(args: dict, phase: str = "") -> list[TaskSpec]:
+def parse_subtasks(args: dict, phase: str = "", existing: set[str] = frozenset()) -> list[TaskSpec]:
+    """Check a planner's answer; ``existing`` task ids may be depended on too. Unknown
+    dependencies and cycles are refused here, so the planner can fix them in the same attempt."""
     tasks = args["tasks"]
     if not isinstance(tasks, list) or not tasks:
         raise ValueError("tasks must be a non-empty list")
@@ -40,11 +42,27 @@ def parse_subtasks(args: dict, phase: str = "") -> list[TaskSpec]:
         profile = t.get("profile")
         if profile not in WORKER_PROFILES:
             raise ValueError(f"task {key!r} has profile {profile!r}; use one of {WORKER_PROFILES}")
+        deps = [str(d) for d in t.get("depends_on") or []]
+        unknown = [d for d in deps if d not in keys and d not in existing]
+        if unknown:
+            raise ValueError(f"task {key!r} depends on unknown {unknown}: use keys of this list "
+                             "or ids of existing tasks")
         specs.append(TaskSpec(title=str(t["title"]).strip(), description=str(t.get("description", "")),
-                              acceptance_criteria=criteria, profile=profile,
-                              depends_on=[str(d) for d in t.get("depends_on") or []],
+                              acceptance_criteria=criteria, profile=profile, depends_on=deps,
                               key=key, phase=phase))
+    _refuse_cycles(specs)
     return specs
+
+
+def _refuse_cycles(specs: list[TaskSpec]) -> None:
+    import networkx as nx
+
+    g = nx.DiGraph((d, s.key) for s in specs for d in s.depends_on)
+    try:
+        cycle = nx.find_cycle(g)
+    except nx.NetworkXNoCycle:
+        return
+    raise ValueError("the dependencies form a cycle: " + " -> ".join([cycle[0][0]] + [b for _, b in cycle]))
 
 
 class LLMPlanner:
@@ -53,12 +71,14 @@ class LLMPlanner:
 
     async def run(self, task, ctx) -> WorkResult:
         history = ctx.phoenix_brief()
+        engine = getattr(ctx, "_engine", None)
+        existing = set(engine.tasks) if engine is not None else set()
         messages = [{"role": "user", "content": prompt(
             "planner", profiles=", ".join(WORKER_PROFILES), objective=ctx.objective,
             title=task.title, description=task.description,
             history=f"\nEarlier attempts:\n{history}" if history else "")}]
         specs = await ask(self.llm, role="planner", messages=messages, schema=CREATE_SUBTASKS,
-                          parse=lambda a: parse_subtasks(a, task.phase or "build"), ctx=ctx,
+                          parse=lambda a: parse_subtasks(a, task.phase or "build", existing), ctx=ctx,
                           task_id=task.id, attempt=ctx.attempt, profile=task.profile, title=task.title)
         return WorkResult(summary=f"planned {len(specs)} tasks: " + ", ".join(s.title for s in specs),
                           new_tasks=specs)

@@ -85,6 +85,9 @@ class Engine:
         self._dirty: set[str] = set()  # planned tasks whose readiness may have changed
         self._committing: set[str] = set()  # finished attempts whose writes are not on disk yet
         self.budget_hold = False  # the LLM budget is spent: start nothing until a human retries
+        self._reviewing: asyncio.Task | None = None  # the Director's review of the planned graph
+        self._review_wanted = False  # plan tasks exist that the Director has not reviewed yet
+        self._plan_counts: Counter[TaskStatus] = Counter()  # statuses of plan-profile tasks
         self._ready: list[tuple[int, tuple, str]] = []  # heap: (-priority, natural id, id)
         self._priority: dict[str, int] | None = None
         self._stop_reason: dict[str, str] = {}
@@ -158,6 +161,9 @@ class Engine:
         self._emit("task_status", task_id, **{"from": task.status, "to": to, "reason": reason})
         self._counts[task.status] -= 1
         self._counts[to] += 1
+        if task.profile == Profile.PLAN:
+            self._plan_counts[task.status] -= 1
+            self._plan_counts[to] += 1
         task.status = to
         task.status_reason = reason
         self._save(task)
@@ -217,6 +223,9 @@ class Engine:
             self.tasks[task.id] = task
             self.attempts[task.id] = []
             self._counts[task.status] += 1
+            if task.profile == Profile.PLAN:
+                self._plan_counts[task.status] += 1
+                self._review_wanted = True
             self._emit("task_created", task.id, title=task.title, profile=task.profile,
                        depends_on=task.depends_on, created_by=created_by)
             self._save(task)
@@ -315,20 +324,47 @@ class Engine:
                                      f"depends on abandoned {', '.join(gone)}: retry to wait "
                                      "for a replacement, or spawn one, or abandon this task too",
                                      abandoned=gone)
+        if self._review_wanted and self._reviewing is None and not self._plans_open():
+            self._start_review()
         if self.status in (RunStatus.RUNNING, RunStatus.PAUSED) and not self.budget_hold:
+            held = []
             while self._ready and len(self.running) < self.config.max_concurrent_workers:
-                _, _, tid = heapq.heappop(self._ready)
-                if self.tasks[tid].status != S.READY:
+                entry = heapq.heappop(self._ready)
+                task = self.tasks[entry[2]]
+                if task.status != S.READY:
                     continue  # stale heap entry: moved since it was pushed
-                self._launch(tid)
+                if task.profile != Profile.PLAN and self._review_holds():
+                    held.append(entry)  # planned work waits for the Director's review
+                    continue
+                self._launch(task.id)
+            for entry in held:
+                heapq.heappush(self._ready, entry)
         self._settle()
+
+    # The Director may review the graph once planning is done (``review`` is optional in its
+    # protocol). Until then only plan tasks start, so the review can still order the rest.
+    def _plans_open(self) -> int:
+        p = self._plan_counts
+        return p[S.PLANNED] + p[S.READY] + p[S.ACTIVE] + p[S.AWAITING_QA] + p[S.FAILED]
+
+    def _review_holds(self) -> bool:
+        return self._reviewing is not None or (self._review_wanted and self._plans_open() > 0)
+
+    def _start_review(self) -> None:
+        self._review_wanted = False
+        review = getattr(self.agents.director, "review", None)
+        if review is not None:
+            self._reviewing = self.loop.create_task(self._review(review),
+                                                    name=f"agentorch:{self.run_id}:review")
 
     def _settle(self) -> None:
         if self.status.finished:
             return
         c = self._counts
-        if (self.running or self._committing or self._dirty or c[S.ACTIVE] or c[S.AWAITING_QA]
-                or (c[S.READY] and not self.budget_hold)):
+        runnable = c[S.READY] > 0 and not self.budget_hold and not (
+            self._review_holds() and self._plan_counts[S.READY] == 0)
+        if (self.running or self._committing or self._dirty or self._reviewing is not None
+                or c[S.ACTIVE] or c[S.AWAITING_QA] or runnable):
             self._set_run_status(RunStatus.RUNNING)
         elif c[S.COMPLETE] + c[S.ABANDONED] == len(self.tasks):
             self._set_run_status(RunStatus.COMPLETED)
@@ -440,6 +476,30 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - the raw failure reason still reaches Phoenix
             log.warning("summarizing attempt %s of %s failed: %s", attempt.number, task.id, exc)
 
+    async def _review(self, review) -> None:
+        ctx = Context(self.run_id, self.objective, self.workspace, _engine=self)
+        listing = [{"id": t.id, "title": t.title, "profile": t.profile.value,
+                    "depends_on": list(t.depends_on)} for t in self.tasks.values()]
+        try:
+            async with asyncio.timeout(self.config.plan_timeout):
+                edges = await review(self.objective, listing, ctx)
+            from . import hitl
+
+            for task_id, depends_on in edges:
+                try:
+                    hitl.add_dependency(self, task_id, depends_on, source="director")
+                except Exception as exc:  # noqa: BLE001 - an edit the graph refuses is skipped
+                    ctx.log("system", f"review edit {task_id} <- {depends_on} refused: {exc}")
+            self._emit("reviewed", None, added=[list(e) for e in edges])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the review is advice; the run goes on without it
+            log.warning("the Director's review of run %s failed: %s", self.run_id, exc)
+            self._emit("reviewed", None, error=str(exc))
+        finally:
+            self._reviewing = None
+            self.wake()
+
     def _attempt_done(self, runner: asyncio.Task) -> None:
         # Worker errors are failed attempts; an exception here is a bug in the engine
         # itself. It fails the run loudly instead of vanishing with the task.
@@ -497,6 +557,8 @@ class Engine:
         self.running[task_id].cancel()
 
     async def _stop_workers(self, why: str) -> None:
+        if self._reviewing is not None:
+            self._reviewing.cancel()
         pending = list(self.running.items())
         for tid, _ in pending:
             self.stop_attempt(tid, why)

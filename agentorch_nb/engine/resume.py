@@ -14,7 +14,7 @@ from pathlib import Path
 from ..config import Config
 from ..dag import _natural
 from ..exceptions import UnknownRun
-from ..model import Outcome, RunStatus, TaskStatus
+from ..model import Outcome, Profile, RunStatus, TaskStatus
 from ..store import Store
 from ..store.records import attempt_from_row, interrupt_from_row, task_from_row
 from .dispatch import Engine
@@ -62,6 +62,8 @@ def build_engine(store: Store, run_id: str, data: dict, *, agents: Agents,
         engine.attempts[task.id] = []
         engine.graph.add_task(task.id)
         engine._counts[task.status] += 1
+        if task.profile == Profile.PLAN:
+            engine._plan_counts[task.status] += 1
     for tid, task in engine.tasks.items():
         for dep in task.depends_on:
             engine.graph.add_dependency(tid, dep)
@@ -70,6 +72,7 @@ def build_engine(store: Store, run_id: str, data: dict, *, agents: Agents,
     for row in data["interrupts"]:
         it = interrupt_from_row(row)
         engine.open_interrupts[it.task_id] = it
+    engine._review_wanted = engine._plans_open() > 0
     engine._seq = int(data["seq"][0]["seq"])
     engine.planned = bool(data["seq"][0]["planned"])
     engine._next_task = 1 + max((int(t[1:]) for t in engine.tasks if t[1:].isdigit()), default=0)

@@ -24,8 +24,13 @@ def call(name, **arguments):
     return {"name": name, "arguments": arguments}
 
 
+REVIEW = {"role": "director", "last_message": "Review\\s+the task graph", "reply": {
+    "tool_calls": [call("submit_review", add_dependencies=[])]}}
+
+
 def plan_one(title="Do it", profile="code", **extra):
     return [
+        REVIEW,
         {"role": "director", "reply": {"tool_calls": [call("submit_plan", components=[
             {"title": "all", "description": "everything"}])]}},
         {"role": "planner", "reply": {"tool_calls": [call("create_subtasks", tasks=[
@@ -47,6 +52,7 @@ def orch_for(repo, script_name, rules, **config):
 
 async def test_director_in_prose_is_asked_again_and_the_plan_runs(repo):
     rules = [
+        REVIEW,
         {"role": "director", "replies": [{"content": "I think we should build it."}]},
         *plan_one(),
         {"role": "worker", "replies": [
@@ -61,18 +67,52 @@ async def test_director_in_prose_is_asked_again_and_the_plan_runs(repo):
     assert "You must answer by calling the tool `submit_plan`" in " ".join(director.content)
     calls = run.store.rows("select role, count(*) as n from llm_calls where run_id = ? group by role "
                            "order by role", [run.id])
-    assert {r["role"]: r["n"] for r in calls} == {"director": 2, "planner": 1, "strategist": 2, "worker": 2}
+    assert {r["role"]: r["n"] for r in calls} == {"director": 3, "planner": 1, "strategist": 2, "worker": 2}
     tools = run.store.rows("select tool, error from tool_calls where run_id = ? order by ts", [run.id])
     assert [(t["tool"], t["error"]) for t in tools] == [("write_file", None), ("finish", None)]
+
+
+async def test_the_directors_review_links_tasks_of_different_components(repo):
+    def component(n):
+        return {"role": "planner", "title": f"Plan: part {n}", "reply": {"tool_calls": [call(
+            "create_subtasks", tasks=[{"key": "k", "title": f"build {n}", "description": "d",
+                                       "acceptance_criteria": ["ok"], "profile": "code"}])]}}
+
+    rules = [
+        {"role": "director", "last_message": "Review\\s+the task graph", "reply": {"tool_calls": [
+            call("submit_review", add_dependencies=[{"task": "t4", "depends_on": "t3"}])]}},
+        {"role": "director", "reply": {"tool_calls": [call("submit_plan", components=[
+            {"title": "part 1", "description": "d"}, {"title": "part 2", "description": "d"}])]}},
+        component(1), component(2),
+        {"role": "worker", "reply": {"tool_calls": [call("finish", summary="done")]}},
+        APPROVE,
+    ]
+    run = orch_for(repo, "review", rules).start("x")
+    assert await run.wait(60) == RunStatus.COMPLETED, run.summary()
+    assert [(t.title, t.depends_on) for t in run.tasks] == [
+        ("Plan: part 1", []), ("Plan: part 2", []), ("build 1", []), ("build 2", ["t3"])]
+    starts = run.store.rows("select task_id, min(started_at) as s from attempts where run_id = ? "
+                            "group by task_id", [run.id])
+    started = {r["task_id"]: r["s"] for r in starts}
+    finished = {r["task_id"]: r["f"] for r in run.store.rows(
+        "select task_id, max(finished_at) as f from attempts where run_id = ? group by task_id", [run.id])}
+    assert started["t4"] >= finished["t3"]
+    events = run.events()
+    (added,) = events.query("kind == 'dep_added'").payload
+    assert added == '{"depends_on": "t3"}'
+    reviewed = int(events.query("kind == 'reviewed'").seq.iloc[0])
+    build_starts = events.query("kind == 'attempt_started' and task_id in ('t3', 't4')").seq
+    assert (build_starts > reviewed).all()  # nothing the plans added started before the review
 
 
 async def test_a_plan_with_an_unknown_dependency_goes_back_to_the_planner(repo):
     good = {"key": "a", "title": "A", "description": "d", "acceptance_criteria": ["ok"], "profile": "code"}
     rules = [
+        REVIEW,
         {"role": "director", "reply": {"tool_calls": [call("submit_plan", components=[
             {"title": "c", "description": "d"}])]}},
-        {"role": "planner", "attempt": 1, "reply": {"tool_calls": [call("create_subtasks", tasks=[
-            {**good, "depends_on": ["nowhere"]}])]}},
+        {"role": "planner", "replies": [{"tool_calls": [call("create_subtasks", tasks=[
+            {**good, "depends_on": ["nowhere"]}])]}]},
         {"role": "planner", "last_message": "nowhere", "reply": {"tool_calls": [call(
             "create_subtasks", tasks=[good])]}},
         {"role": "worker", "reply": {"tool_calls": [call("finish", summary="nothing to change")]}},
@@ -80,9 +120,10 @@ async def test_a_plan_with_an_unknown_dependency_goes_back_to_the_planner(repo):
     ]
     run = orch_for(repo, "baddep", rules).start("x")
     assert await run.wait(60) == RunStatus.COMPLETED, run.summary()
-    attempts = run.store.rows("select attempt, outcome, failure_reason from attempts where run_id = ? "
-                              "and task_id = 't1' order by attempt", [run.id])
-    assert attempts[0]["outcome"] == "error" and "nowhere" in attempts[0]["failure_reason"]
+    # Refused in the same attempt: the error went back to the model, which fixed its answer.
+    assert run.task("t1").attempts == 1
+    said = " ".join(run.messages("t1").content)
+    assert "depends on unknown ['nowhere']" in said
     assert [t.title for t in run.tasks] == ["Plan: c", "A"]
 
 
