@@ -1,7 +1,9 @@
 """What a tool is, what it receives, what it answers, and the one registry of tools.
 
 A tool is registered once with ``@tool(...)``: its name, the description and JSON schema the
-model sees, the profiles allowed to call it, and an async function ``fn(env, **arguments)``.
+model sees, the profiles allowed to call it, and a function ``fn(env, **arguments)``: async
+when it awaits (subprocesses), plain when it does blocking work such as file I/O, which the
+validation layer then runs in a thread.
 Nothing dispatches on tool names elsewhere; :mod:`.call` looks tools up here.
 """
 
@@ -91,7 +93,7 @@ class ToolEnv:
         return str(self.profile) in tool.profiles or tool.name in self.granted
 
 
-ToolFn = Callable[..., Awaitable["ToolResult | str"]]
+ToolFn = Callable[..., "Awaitable[ToolResult | str] | ToolResult | str"]
 
 
 @dataclass(frozen=True)

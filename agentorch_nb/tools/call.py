@@ -11,6 +11,7 @@ which is recorded and then goes on (the attempt is being stopped).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 import uuid
@@ -69,7 +70,10 @@ async def _checked_call(name: str, arguments: Any, env: ToolEnv) -> ToolResult:
                 kwargs[key] = ([confine(env.root, v) for v in value] if isinstance(value, list)
                                else confine(env.root, value))
         async with asyncio.timeout(env.max_timeout + GUARD_SLACK) as guard:
-            answer = await tool.fn(env, **kwargs)
+            if inspect.iscoroutinefunction(tool.fn):
+                answer = await tool.fn(env, **kwargs)
+            else:  # plain functions do blocking work (file I/O): off the event loop
+                answer = await asyncio.to_thread(tool.fn, env, **kwargs)
     except ToolError as exc:
         return ToolResult.fail(str(exc))
     except TimeoutError as exc:

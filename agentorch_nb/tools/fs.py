@@ -39,7 +39,7 @@ def _writable(env: ToolEnv, path: str) -> str:
                       "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LINES}},
        "required": ["path"]},
       paths=("path",))
-async def read_file(env: ToolEnv, path: str, offset: int = 1, limit: int = MAX_LINES) -> ToolResult:
+def read_file(env: ToolEnv, path: str, offset: int = 1, limit: int = MAX_LINES) -> ToolResult:
     if os.path.isdir(path):
         raise ToolError(f"{relative(env.root, path)!r} is a directory; use list_directory")
     if not os.path.isfile(path):
@@ -66,7 +66,7 @@ async def read_file(env: ToolEnv, path: str, offset: int = 1, limit: int = MAX_L
                     "(parent directories are created).",
       {"properties": {"path": PATH_ARG, "content": {"type": "string"}}, "required": ["path", "content"]},
       profiles=WRITERS, paths=("path",))
-async def write_file(env: ToolEnv, path: str, content: str) -> str:
+def write_file(env: ToolEnv, path: str, content: str) -> str:
     shown = _writable(env, path)
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(content)
@@ -76,7 +76,7 @@ async def write_file(env: ToolEnv, path: str, content: str) -> str:
 @tool("append_file", "Append content to the end of a file of the worktree (created if missing).",
       {"properties": {"path": PATH_ARG, "content": {"type": "string"}}, "required": ["path", "content"]},
       profiles=WRITERS, paths=("path",))
-async def append_file(env: ToolEnv, path: str, content: str) -> str:
+def append_file(env: ToolEnv, path: str, content: str) -> str:
     shown = _writable(env, path)
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(content)
@@ -87,7 +87,7 @@ async def append_file(env: ToolEnv, path: str, content: str) -> str:
                         "recursive=true lists the whole tree below it (skipping .git and caches).",
       {"properties": {"path": PATH_ARG, "recursive": {"type": "boolean"}}},
       paths=("path",))
-async def list_directory(env: ToolEnv, path: str | None = None, recursive: bool = False) -> str:
+def list_directory(env: ToolEnv, path: str | None = None, recursive: bool = False) -> str:
     top = path or str(env.root)
     if not os.path.isdir(top):
         if os.path.exists(top):
@@ -116,7 +116,7 @@ async def list_directory(env: ToolEnv, path: str | None = None, recursive: bool 
 @tool("delete_file", "Delete one file (or symlink) of the worktree. Directories are refused.",
       {"properties": {"path": PATH_ARG}, "required": ["path"]},
       profiles=WRITERS)
-async def delete_file(env: ToolEnv, path: str) -> str:
+def delete_file(env: ToolEnv, path: str) -> str:
     # Confine the parent, not the path: a symlink is deleted itself, never its target.
     parent = confine(env.root, os.path.dirname(path.rstrip("/")) or ".")
     name = os.path.basename(path.rstrip("/"))
