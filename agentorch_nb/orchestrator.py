@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import uuid
@@ -37,6 +38,7 @@ from .store import Store, default_path
 from .store.records import interrupt_from_row, task_from_row
 from .workspace import Workspace
 
+log = logging.getLogger("agentorch_nb")
 # Engines driven by this process, by (store path, run id).
 _LIVE: dict[tuple[str, str], Engine] = {}
 _last_store: Store | None = None
@@ -107,6 +109,11 @@ class Orchestrator:
         data = self.store.call_sync(lambda con: load_state(con, run_id))
         engine = build_engine(self.store, run_id, data, agents=None, config=config)
         engine.agents = _agents_for(engine, agents or self.agents)
+        known = {self.git.worktree_for(run_id, tid, a.number).branch
+                 for tid, attempts in engine.attempts.items() for a in attempts}
+        for line in self.git.reconcile(run_id, known):
+            engine._emit("reconciled", None, action=line)
+            log.warning("resume %s: %s", run_id, line)
         return self._drive(engine)
 
     def _drive(self, engine: Engine, loop: asyncio.AbstractEventLoop | None = None) -> Run:

@@ -96,6 +96,7 @@ class Workspace:
         common = Path(_git(self.root, "rev-parse", "--git-common-dir"))
         self.git_dir = (self.root / common).resolve() if not common.is_absolute() else common
         self.worktrees_dir = self.root / ".worktrees"
+        self._marker = self.git_dir / "agentorch-merging"
         # git's worktree bookkeeping is not safe against a concurrent prune: adds, removes
         # and prunes of this process take turns.
         with _locks_guard:
@@ -198,6 +199,8 @@ class Workspace:
             if self._is_ancestor(source_sha, before):
                 result.result_sha = before
                 return result
+            # Says "a merge is under way from <before>" to a process that finds it after a crash.
+            self._marker.write_text(f"{before} {source_sha}\n")
             try:
                 _git(self.root, *AUTHOR, "merge", "--no-edit", "-m", message, source_sha)
             except Exception:  # noqa: BLE001 - any failure: restore the target, then report
@@ -208,6 +211,8 @@ class Workspace:
                     result.conflicts = conflicts.splitlines()
                     return result
                 raise
+            finally:
+                self._marker.unlink(missing_ok=True)
             after = self.tip()
             result.result_sha = after
             result.status = "fast_forward" if after == self._sha(source_sha) else "merged"
@@ -266,6 +271,48 @@ class Workspace:
         with self._wt_lock:
             _git(self.root, "worktree", "prune", check=False)
         return sorted(removed)
+
+
+    def reconcile(self, run_id: str, known: set[str], lock_age: float = 60.0) -> list[str]:
+        """After a crash: make the repository agree with the store, and say what was done.
+
+        A merge left half-done on the target is aborted (the target goes back to its last
+        commit); worktrees of this run whose branch the store does not know are removed;
+        ``index.lock`` files older than ``lock_age`` seconds (a git process that died with
+        the engine) are removed; younger ones are reported, not touched."""
+        import time
+
+        report = []
+        with self.merge_lock():
+            if self._marker.exists():
+                before = self._marker.read_text().split()[0]
+                tip = self.tip()
+                if tip == before:  # the merge commit was not made: restore index and files
+                    self.abort_merge(before)
+                    _git(self.root, "reset", "--hard", "-q", before)
+                    report.append(f"aborted a merge left half-done on {self.target}; "
+                                  f"it is back at {before[:10]}")
+                else:
+                    report.append(f"a merge into {self.target} was cut off after its commit "
+                                  f"({tip[:10]}); kept")
+                self._marker.unlink(missing_ok=True)
+            elif (self.git_dir / "MERGE_HEAD").exists():
+                report.append(f"{self.target} is in the middle of a merge agentorch did not "
+                              "start: left alone (git merge --abort undoes it)")
+        for wt in self.run_worktrees(run_id):
+            if wt.branch not in known:
+                self.remove_worktree(wt)
+                report.append(f"removed worktree {wt.path} (branch {wt.branch}) that the store does not know")
+        for lock in [self.git_dir / "index.lock", *self.git_dir.glob("worktrees/*/index.lock")]:
+            if not lock.exists():
+                continue
+            age = time.time() - lock.stat().st_mtime
+            if age > lock_age:
+                lock.unlink(missing_ok=True)
+                report.append(f"removed stale {lock} ({age:.0f} s old)")
+            else:
+                report.append(f"{lock} is {age:.0f} s old: a git process may still be running; left alone")
+        return report
 
 
 def exclude(root: Path, pattern: str) -> None:

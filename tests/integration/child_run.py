@@ -28,7 +28,25 @@ def scenario(name: str, journal: str) -> tuple[list[ao.TaskSpec], TestWorker, ao
     if name == "crash":
         worker = TestWorker(latency=0.15, journal=journal)
         return random_dag(30, seed=11, max_deps=2), worker, ao.Config(max_concurrent_workers=3)
+    if name == "merge-crash":
+        return ([ao.TaskSpec("first"), ao.TaskSpec("second")], FileWorker(journal),
+                ao.Config(max_concurrent_workers=2))
     raise SystemExit(f"unknown scenario {name}")
+
+
+class FileWorker:
+    """Writes <title>.txt into its worktree; the two tasks diverge, so the second merge is
+    a real merge commit (and runs git's pre-merge-commit hook)."""
+
+    def __init__(self, journal):
+        self.journal = journal
+
+    async def run(self, task, ctx):
+        root = await ctx.worktree()
+        (root / f"{task.title}.txt").write_text(f"{task.title}\n")
+        with open(self.journal, "a") as f:
+            f.write(f"{task.id} {ctx.attempt}\n")
+        return ao.WorkResult(f"wrote {task.title}.txt")
 
 
 def main() -> None:

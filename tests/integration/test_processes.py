@@ -127,3 +127,39 @@ def test_resume_refuses_a_run_another_live_process_drives(repo, tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_process_killed_mid_merge_leaves_main_intact_and_the_merge_is_redone(repo, tmp_path):
+    hook = repo / ".git" / "hooks" / "pre-merge-commit"
+    marker = tmp_path / "merging"
+    hook.write_text(f"#!/bin/sh\ntouch {marker}\nsleep 60\n")
+    hook.chmod(0o755)
+    tip = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                         text=True).stdout.strip()
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(child_run.__file__)), "merge-crash", str(repo), str(tmp_path / "j")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    run_id = proc.stdout.readline().strip()
+    until(marker.exists, 60, "the second merge to be under way")
+    os.killpg(proc.pid, signal.SIGKILL)  # the engine and its git merge, mid-merge
+    proc.wait()
+    dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True,
+                           text=True).stdout
+    assert "second.txt" in dirty  # git was stopped mid-merge: files merged, no commit yet
+    hook.unlink()
+
+    orch = ao.Orchestrator(repo)
+    specs, worker, _ = child_run.scenario("merge-crash", str(tmp_path / "j"))
+    run = orch.resume(run_id, agents=Agents(TestDirector(specs), worker, TestStrategist()))
+    reconciled = run.events().query("kind == 'reconciled'").payload.tolist()
+    assert any("aborted a merge left half-done" in p for p in reconciled), reconciled
+    assert run.wait_sync(60) == RunStatus.COMPLETED
+    git = lambda *a: subprocess.run(["git", "-C", str(repo), *a], capture_output=True,  # noqa: E731
+                                    text=True).stdout.strip()
+    assert git("status", "--porcelain") == ""
+    assert (repo / "first.txt").exists() and (repo / "second.txt").exists()
+    assert git("merge-base", "--is-ancestor", tip, "HEAD") == "" and tip != git("rev-parse", "HEAD")
+    merges = orch.store.rows("select task_id, status from merges where run_id = ? order by ts", [run_id])
+    assert sorted(m["task_id"] for m in merges if m["status"] != "conflict") == ["t1", "t2"]
+    assert git("branch", "--list", "agentorch/*") == ""

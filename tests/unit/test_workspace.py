@@ -107,3 +107,23 @@ def test_cleanup_removes_worktrees_and_branches_but_keeps_what_is_asked(ws):
     assert not a.path.exists() and b.path.exists() and other.path.exists()
     assert git(ws.root, "branch", "--list", "agentorch/*", "--format=%(refname:short)").split() == [
         b.branch, other.branch]
+
+
+def test_reconcile_removes_unknown_worktrees_and_stale_locks_and_reports_them(ws):
+    import os
+    import time
+
+    known = ws.create_worktree("run-1", "t1", 1)
+    stray = ws.create_worktree("run-1", "t9", 1)
+    stale = ws.git_dir / "index.lock"
+    stale.write_text("")
+    os.utime(stale, (time.time() - 600, time.time() - 600))
+    young = ws.git_dir / "worktrees" / known.path.name / "index.lock"
+    young.write_text("")
+    report = ws.reconcile("run-1", {known.branch})
+    assert any("removed worktree" in r and stray.branch in r for r in report)
+    assert any("removed stale" in r for r in report) and not stale.exists()
+    assert any("left alone" in r for r in report) and young.exists()
+    assert known.path.exists() and not stray.path.exists()
+    young.unlink()
+    assert ws.reconcile("run-1", {known.branch}) == []
