@@ -140,6 +140,8 @@ class Orchestrator:
         engine.on_stop.append(on_stop)
         engine.save_run()
         key = (self.store.path, engine.run_id)
+        for stale in [k for k, e in _LIVE.items() if _ended(e)]:
+            del _LIVE[stale]  # engines whose loop is gone; their runs read from the store
         _LIVE[key] = engine
         _loop.call_on(loop, engine.start, loop)
         return Run(self, engine.run_id)
@@ -193,7 +195,8 @@ class Run:
 
     @property
     def _engine(self) -> Engine | None:
-        return _LIVE.get((self.store.path, self.id))
+        e = _LIVE.get((self.store.path, self.id))
+        return None if e is None or (e.loop is not None and e.loop.is_closed()) else e
 
     @property
     def live(self) -> bool:
@@ -378,6 +381,10 @@ class Run:
 
 
 def _ended(engine: Engine) -> bool:
+    """The engine's loop finished it, or is gone (``asyncio.run`` returned, a kernel restarted
+    its loop): either way nothing will drive the run here any more."""
+    if engine.loop is not None and engine.loop.is_closed():
+        return True
     return engine._main_task is not None and engine._main_task.done()
 
 

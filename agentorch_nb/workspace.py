@@ -151,7 +151,8 @@ class Workspace:
     def remove_worktree(self, wt: Worktree, delete_branch: bool = True) -> None:
         with self._wt_lock:
             if wt.path.exists():
-                _git(self.root, "worktree", "remove", "--force", str(wt.path), check=False)
+                # Twice --force: also a worktree left locked by a git killed while adding it.
+                _git(self.root, "worktree", "remove", "--force", "--force", str(wt.path), check=False)
                 shutil.rmtree(wt.path, ignore_errors=True)
             _git(self.root, "worktree", "prune", check=False)
             if delete_branch:
@@ -266,7 +267,9 @@ class Workspace:
         for branch in _git(self.root, "branch", "--list", f"{prefix}*",
                            "--format=%(refname:short)").split():
             if branch not in keep:
-                _git(self.root, "branch", "-D", branch, check=False)
+                with self._wt_lock:
+                    _git(self.root, "worktree", "prune", check=False)
+                    _git(self.root, "branch", "-D", branch)  # a refusal is an error, not silence
                 removed.add(branch)
         with self._wt_lock:
             _git(self.root, "worktree", "prune", check=False)

@@ -17,6 +17,16 @@ def make_repo(path: Path) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _forget_runs():
+    """Runs a test leaves paused stay in the process's table of live engines (as they would in
+    a kernel); drop them so one test's objects do not slow the next one's garbage collection."""
+    yield
+    from agentorch_nb import orchestrator
+
+    orchestrator._LIVE.clear()
+
+
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     return make_repo(tmp_path / "repo")
