@@ -13,7 +13,6 @@ import logging
 import os
 import socket
 import uuid
-from pathlib import Path
 from typing import Any
 
 from . import _loop

@@ -64,7 +64,6 @@ import platform
 import pstats
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -183,14 +182,6 @@ if _serve is not None:
 
 
 # ------------------------------------------------------------------- helpers
-def make_repo(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    git = ["git", "-C", str(path), "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
-    subprocess.run(git[:3] + ["init", "-q"], check=True)
-    subprocess.run(git + ["commit", "-q", "--allow-empty", "-m", "init"], check=True)
-    return path
-
-
 def task_ids(specs: list[ao.TaskSpec]) -> tuple[list[str], list[list[int]]]:
     """Task ids as the engine numbers them (spec i -> t{i+1}) and each task's deps by index."""
     index = {s.key: i for i, s in enumerate(specs)}
@@ -290,7 +281,7 @@ async def engine_run(tmp: Path, tag: str, specs: list[ao.TaskSpec],
                      latency: dict[str, float] | None = None, timeout: float = 900.0) -> dict:
     """One real run. Records each task's first worker start and its end (the Strategist is
     called right after the worker returns, so its callback marks the end)."""
-    repo = make_repo(tmp / f"repo-{tag}")
+    repo = ao.init_workspace(tmp / f"repo-{tag}").root
     starts: dict[str, float] = {}
     ends: dict[str, float] = {}
 

@@ -10,7 +10,7 @@ Nothing dispatches on tool names elsewhere; :mod:`.call` looks tools up here.
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping  # noqa: F401 - Awaitable in a string annotation
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any

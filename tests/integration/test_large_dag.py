@@ -10,7 +10,6 @@ import time
 import networkx as nx
 import pytest
 
-import agentorch_nb as ao
 from agentorch_nb import RunStatus, TaskStatus
 from agentorch_nb.store.replay import replay_run
 from agentorch_nb.testing import TestStrategist, TestWorker, random_dag
