@@ -16,7 +16,8 @@ from typing import Any
 from ..exceptions import InvalidInput, ResolutionError
 from ..model import TaskSpec, TaskStatus, utcnow
 from ..store.records import interrupt_row
-from .dispatch import STOP_ABANDON, STOP_INTERRUPT, Engine
+from .attempts import STOP_ABANDON, STOP_INTERRUPT
+from .dispatch import Engine
 
 S = TaskStatus
 ACTIONS = ("retry", "abandon", "spawn")

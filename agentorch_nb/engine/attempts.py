@@ -1,0 +1,229 @@
+"""One attempt of one task, from launch to its end: the worker under its timeout, the commit
+of its worktree, QA, the merge, and every way it can fail (Phoenix decides what follows).
+
+A mixin of :class:`agentorch_nb.engine.dispatch.Engine`, kept apart because it is the part of
+the engine that awaits agents; the rest of the engine only does bookkeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+
+from ..exceptions import CycleError, InvalidInput, UnknownTask
+from ..llm.errors import BudgetExceeded
+from ..model import Attempt, Outcome, Task, TaskStatus, WorkResult, utcnow
+from . import phoenix
+from .protocols import Context
+
+log = logging.getLogger("agentorch_nb.engine")
+S = TaskStatus
+
+# Why a running attempt was stopped from outside, and what it becomes.
+STOP_INTERRUPT, STOP_ABANDON, STOP_CANCEL = "interrupt", "abandon", "cancel"
+
+
+class AttemptLifecycle:
+    def _launch(self, tid: str) -> None:
+        task = self.tasks[tid]
+        task.attempts += 1
+        history = list(self.attempts[tid])
+        attempt = Attempt(self.run_id, tid, task.attempts, utcnow(), guidance=task.guidance)
+        self.attempts[tid].append(attempt)
+        self.move(tid, S.ACTIVE)
+        self._emit("attempt_started", tid, attempt=attempt.number)
+        self._save_attempt(attempt)
+        ctx = Context(self.run_id, self.objective, self.workspace, tid, attempt.number,
+                      history, task.guidance, _engine=self)
+        runner = self.loop.create_task(self._attempt(task, attempt, ctx),
+                                       name=f"agentorch:{self.run_id}:{tid}")
+        runner.add_done_callback(self._attempt_done)
+        self.running[tid] = runner
+        self.max_running_seen = max(self.max_running_seen, len(self.running))
+
+    async def _attempt(self, task: Task, attempt: Attempt, ctx: Context) -> None:
+        tid = task.id
+        try:
+            try:
+                result = await _bounded(self.agents.worker.run(task.copy(), ctx),
+                                        self.config.worker_timeout, "worker")
+                if not isinstance(result, WorkResult):
+                    raise _Failed(Outcome.ERROR,
+                                  f"worker returned {type(result).__name__}, not WorkResult")
+                attempt.summary = task.result_summary = result.summary
+                if not result.ok:
+                    raise _Failed(Outcome.ERROR, result.error or "worker reported failure")
+                sha = await self.integration.commit(task, attempt) if self.integration else None
+                self.move(tid, S.AWAITING_QA)
+                verdict = await _bounded(self.agents.strategist.review(task.copy(), result, ctx),
+                                         self.config.qa_timeout, "QA")
+                task.qa_verdict = "approved" if verdict.approved else "rejected"
+                task.qa_feedback = attempt.qa_feedback = verdict.feedback or None
+                if not verdict.approved:
+                    raise _Failed(Outcome.REJECTED, "QA rejected the work", verdict.feedback)
+                if sha is not None:
+                    merged = await self.integration.merge(task, attempt, sha)
+                    if not merged.ok:
+                        raise _Failed(Outcome.ERROR, "merge conflict with the target branch in "
+                                      + ", ".join(merged.conflicts) + "; the retry starts from "
+                                      "the current tip")
+                if result.new_tasks:
+                    try:
+                        self.add_tasks(list(result.new_tasks), created_by=tid)
+                    except (InvalidInput, UnknownTask, CycleError) as exc:
+                        raise _Failed(Outcome.ERROR, f"the new tasks were refused: {exc}") from None
+            except _Failed as failure:
+                failed = failure
+            except asyncio.CancelledError:
+                self._stopped(task, attempt)
+                return
+            else:
+                failed = None
+            if failed is not None:
+                try:
+                    await self._summarize(task, attempt, failed.reason)
+                except asyncio.CancelledError:
+                    self._stopped(task, attempt)
+                    return
+                self._fail(task, attempt, failed.outcome, failed.reason, failed.feedback,
+                           escalate=failed.escalate)
+                return
+            self._finish_attempt(attempt, Outcome.APPROVED)
+            self.move(tid, S.COMPLETE)
+        finally:
+            self.running.pop(tid, None)
+            self._committing.add(tid)
+            self.wake()  # the free slot can go to a task that is ready already
+            try:
+                # A finished attempt is on disk before anything acts on it.
+                await asyncio.shield(self.store.flush())
+                if task.status == S.COMPLETE:
+                    self._dirty.update(self.graph.dependents(tid))
+                self._committing.discard(tid)
+                self.wake()
+                if self.integration is not None:
+                    await asyncio.shield(self.integration.release(
+                        task, attempt.number, attempt.outcome == Outcome.APPROVED))
+            finally:
+                self.wake()
+
+    async def _summarize(self, task: Task, attempt: Attempt, reason: str) -> None:
+        """Phoenix: let the Strategist (if it can) condense the failed attempt's conversation
+        into the summary the next attempt reads. The raw conversation stays in the store."""
+        summarize = getattr(self.agents.strategist, "summarize", None)
+        if summarize is None:
+            return
+        key = [self.run_id, task.id, attempt.number]
+        try:
+            await self.store.flush()
+            conversation = await self.store.call(lambda con: [
+                {"role": r, "content": c} for r, c in con.execute(
+                    "select role, content from messages where run_id = ? and task_id = ? "
+                    "and attempt = ? order by ts", key).fetchall()])
+            ctx = Context(self.run_id, self.objective, self.workspace, task.id, attempt.number,
+                          _engine=self)
+            async with asyncio.timeout(self.config.qa_timeout):
+                attempt.summary = await summarize(task.copy(), reason, conversation, ctx)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the raw failure reason still reaches Phoenix
+            log.warning("summarizing attempt %s of %s failed: %s", attempt.number, task.id, exc)
+
+    def _attempt_done(self, runner: asyncio.Task) -> None:
+        # Worker errors are failed attempts; an exception here is a bug in the engine
+        # itself. It fails the run loudly instead of vanishing with the task.
+        if not runner.cancelled() and runner.exception() is not None and self._fatal is None:
+            self._fatal = runner.exception()
+            self.wake()
+
+    def _finish_attempt(self, attempt: Attempt, outcome: Outcome, reason: str | None = None) -> None:
+        attempt.finished_at = utcnow()
+        attempt.outcome = outcome
+        attempt.failure_reason = reason
+        self._save_attempt(attempt)
+        self._emit("attempt_finished", attempt.task_id, attempt=attempt.number,
+                   outcome=outcome, reason=reason)
+
+    def _fail(self, task: Task, attempt: Attempt, outcome: Outcome, reason: str,
+              feedback: str | None = None, escalate: str | None = None) -> None:
+        attempt.qa_feedback = feedback or attempt.qa_feedback
+        self._finish_attempt(attempt, outcome, reason)
+        self.move(task.id, S.FAILED, reason)
+        if escalate == "budget":
+            # Spending more cannot help: hold new work and ask a human.
+            self.budget_hold = True
+            self.move(task.id, S.WAITING_HUMAN, reason)
+            self.raise_interrupt(task.id, "budget", reason)
+        else:
+            self.after_failure(task, reason)
+
+    def after_failure(self, task: Task, reason: str) -> None:
+        """Phoenix: retry with the history, or hand the task to a human."""
+        if phoenix.should_retry(task):
+            task.retries_used += 1
+            self.move(task.id, S.PLANNED, f"retry {task.retries_used} of {task.max_retries}: {reason}")
+        else:
+            self.move(task.id, S.WAITING_HUMAN, f"retries exhausted: {reason}")
+            self.raise_interrupt(task.id, "retries_exhausted",
+                                 f"{task.attempts} attempts failed; last: {reason}")
+
+    def _stopped(self, task: Task, attempt: Attempt) -> None:
+        """The attempt's coroutine was cancelled: say why it was, and where the task goes."""
+        why = self._stop_reason.pop(task.id, STOP_CANCEL)
+        if why == STOP_INTERRUPT:
+            self._finish_attempt(attempt, Outcome.INTERRUPTED, "interrupted by a human")
+            self.move(task.id, S.WAITING_HUMAN, "interrupted by a human")
+            self.raise_interrupt(task.id, "human", "interrupted by a human while it ran")
+        elif why == STOP_ABANDON:
+            self._finish_attempt(attempt, Outcome.INTERRUPTED, "task abandoned")
+            self.move(task.id, S.ABANDONED, "abandoned while it ran")
+        else:
+            self._finish_attempt(attempt, Outcome.INTERRUPTED, "run cancelled")
+            self.move(task.id, S.FAILED, "run cancelled")
+
+    def stop_attempt(self, task_id: str, why: str) -> None:
+        self._stop_reason[task_id] = why
+        self.running[task_id].cancel()
+
+    async def _stop_workers(self, why: str) -> None:
+        if self._reviewing is not None:
+            self._reviewing.cancel()
+        pending = list(self.running.items())
+        for tid, _ in pending:
+            self.stop_attempt(tid, why)
+        if pending:
+            await asyncio.gather(*(t for _, t in pending), return_exceptions=True)
+
+
+class _Failed(Exception):
+    """How an attempt failed; becomes the attempt's outcome and the Phoenix context."""
+
+    def __init__(self, outcome: Outcome, reason: str, feedback: str | None = None,
+                 escalate: str | None = None) -> None:
+        super().__init__(reason)
+        self.outcome, self.reason, self.feedback = outcome, reason, feedback
+        self.escalate = escalate  # straight to a human (an interrupt of this kind), no retry
+
+
+async def _bounded(coro, timeout: float, who: str):
+    """Await an agent's coroutine: running over ``timeout`` or raising is a failed attempt,
+    never an error of the loop. Cancellation passes through."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await coro
+    except TimeoutError:
+        raise _Failed(Outcome.TIMEOUT, f"{who} gave no result within {timeout:g} s") from None
+    except _Failed:
+        raise
+    except BudgetExceeded as exc:
+        raise _Failed(Outcome.ERROR, str(exc), escalate="budget") from None
+    except Exception as exc:  # noqa: BLE001 - an agent's bug is a failed attempt
+        prefix = "" if who == "worker" else f"{who} failed: "
+        raise _Failed(Outcome.ERROR, prefix + _describe(exc)) from None
+
+
+def _describe(exc: BaseException) -> str:
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno})" if tb else ""
+    return f"{type(exc).__name__}: {exc}{where}"
