@@ -166,6 +166,16 @@ class Workspace:
         _git(wt.path, *AUTHOR, "commit", "-q", "-m", message)
         return _git(wt.path, "rev-parse", "HEAD")
 
+    def merge_target_into(self, wt: Worktree) -> list[str]:
+        """Merge the target branch into the worktree's branch; conflicts stay in the worktree
+        (markers and all) for an agent to resolve. Returns the conflicted files."""
+        try:
+            _git(wt.path, *AUTHOR, "merge", "--no-edit", "-m",
+                 f"Merge {self.target} into {wt.branch}", self.target)
+        except Exception:  # noqa: BLE001 - a conflict is the expected outcome
+            pass
+        return _git(wt.path, "diff", "--name-only", "--diff-filter=U", check=False).splitlines()
+
     def head(self, wt: Worktree) -> str:
         return _git(wt.path, "rev-parse", "HEAD")
 

@@ -13,7 +13,7 @@ import traceback
 
 from ..exceptions import CycleError, InvalidInput, UnknownTask
 from ..llm.errors import BudgetExceeded
-from ..model import Attempt, Outcome, Task, TaskStatus, WorkResult, utcnow
+from ..model import Attempt, Outcome, Profile, Task, TaskSpec, TaskStatus, WorkResult, utcnow
 from . import phoenix
 from .protocols import Context
 
@@ -64,6 +64,11 @@ class AttemptLifecycle:
                     raise _Failed(Outcome.REJECTED, "QA rejected the work", verdict.feedback)
                 if sha is not None:
                     merged = await self.integration.merge(task, attempt, sha)
+                    if not merged.ok and task.profile != Profile.MERGE:
+                        # Approved work that collides with the target: a merge task resolves
+                        # the conflicts in this attempt's worktree; the task waits for it.
+                        await self._hand_to_merge_task(task, attempt, sha, merged.conflicts)
+                        return
                     if not merged.ok:
                         raise _Failed(Outcome.ERROR, "merge conflict with the target branch in "
                                       + ", ".join(merged.conflicts) + "; the retry starts from "
@@ -91,6 +96,8 @@ class AttemptLifecycle:
                 return
             self._finish_attempt(attempt, Outcome.APPROVED)
             self.move(tid, S.COMPLETE)
+            for waiting in self._merged_for(tid):
+                self.move(waiting, S.COMPLETE, f"integrated by merge task {tid}")
         finally:
             self.running.pop(tid, None)
             self._committing.add(tid)
@@ -99,7 +106,8 @@ class AttemptLifecycle:
                 # A finished attempt is on disk before anything acts on it.
                 await asyncio.shield(self.store.flush())
                 if task.status == S.COMPLETE:
-                    self._dirty.update(self.graph.dependents(tid))
+                    for done in [tid, *self._integrated.pop(tid, [])]:
+                        self._dirty.update(self.graph.dependents(done))
                 self._committing.discard(tid)
                 self.wake()
                 if self.integration is not None:
@@ -107,6 +115,42 @@ class AttemptLifecycle:
                         task, attempt.number, attempt.outcome == Outcome.APPROVED))
             finally:
                 self.wake()
+
+    async def _hand_to_merge_task(self, task: Task, attempt: Attempt, sha: str,
+                                  conflicts: list[str]) -> None:
+        """``task``'s approved commit conflicts with the target: the target is merged into its
+        worktree (leaving the conflicts there) and a ``merge`` task resolves them, goes
+        through QA and integrates the result; ``task`` stays awaiting_qa until then."""
+        wt = await self.integration.start_merge_in_worktree(task, attempt)
+        self._finish_attempt(attempt, Outcome.APPROVED)
+        target = self.integration.git.target
+        spec = TaskSpec(
+            title=f"Merge: {task.title}",
+            description=(f"The approved work of task {task.id} ({task.title}) conflicts with "
+                         f"{target}. {target} has been merged into its branch {wt.branch} in "
+                         f"this worktree, leaving conflict markers in: {', '.join(conflicts)}. "
+                         "Resolve every conflict so that both sides' intent survives, remove the "
+                         "markers, run the checks, and finish."),
+            acceptance_criteria=["no conflict markers remain",
+                                 f"both {target}'s changes and the task's changes are kept",
+                                 *task.acceptance_criteria],
+            profile=Profile.MERGE, phase=task.phase, max_retries=task.max_retries)
+        (merge,) = self.add_tasks([spec], created_by=f"merge:{task.id}")
+        merge.branch, merge.worktree = wt.branch, str(wt.path)
+        self._save(merge)
+        self._merging[task.id] = merge.id
+        task.status_reason = f"waits for merge task {merge.id} to integrate its work"
+        self._save(task)
+        self._emit("merge_task", task.id, merge_task=merge.id, conflicts=conflicts, source_sha=sha)
+
+    def _merged_for(self, merge_id: str) -> list[str]:
+        """Tasks whose work the merge task ``merge_id`` has just integrated."""
+        done = [t for t, m in self._merging.items() if m == merge_id]
+        for t in done:
+            del self._merging[t]
+        if done:
+            self._integrated[merge_id] = done
+        return done
 
     async def _summarize(self, task: Task, attempt: Attempt, reason: str) -> None:
         """Phoenix: let the Strategist (if it can) condense the failed attempt's conversation

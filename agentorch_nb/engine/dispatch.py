@@ -82,6 +82,10 @@ class Engine(AttemptLifecycle):
         self._reviewing: asyncio.Task | None = None  # the Director's review of the planned graph
         self._review_wanted = False  # plan tasks exist that the Director has not reviewed yet
         self._plan_counts: Counter[TaskStatus] = Counter()  # statuses of plan-profile tasks
+        # Approved tasks whose merge conflicted wait (awaiting_qa) for a merge task: task -> merge
+        # task; and, for a merge task that just completed, the tasks it integrated.
+        self._merging: dict[str, str] = {}
+        self._integrated: dict[str, list[str]] = {}
         self._ready: list[tuple[int, tuple, str]] = []  # heap: (-priority, natural id, id)
         self._priority: dict[str, int] | None = None
         self._stop_reason: dict[str, str] = {}
@@ -167,6 +171,8 @@ class Engine(AttemptLifecycle):
             heapq.heappush(self._ready, (-self._prio(task_id), _natural(task_id), task_id))
         elif to == S.ABANDONED:
             self._dirty.update(self.graph.dependents(task_id))
+            if task.profile == Profile.MERGE:
+                self._merge_task_gone(task_id)
         # COMPLETE: dependents are looked at once the completion is on disk (_attempt).
         self._notify()
 
@@ -228,6 +234,14 @@ class Engine(AttemptLifecycle):
         self._priority = None
         self._notify()
         return new
+
+    def _merge_task_gone(self, merge_id: str) -> None:
+        """A merge task was abandoned: the work it was to integrate is a failed attempt."""
+        for tid in [t for t, m in self._merging.items() if m == merge_id]:
+            del self._merging[tid]
+            reason = f"its merge task {merge_id} was abandoned"
+            self.move(tid, S.FAILED, reason)
+            self.after_failure(self.tasks[tid], reason)
 
     def task(self, task_id: str) -> Task:
         try:
@@ -357,8 +371,9 @@ class Engine(AttemptLifecycle):
         c = self._counts
         runnable = c[S.READY] > 0 and not self.budget_hold and not (
             self._review_holds() and self._plan_counts[S.READY] == 0)
+        judging = c[S.AWAITING_QA] - len(self._merging)  # the rest wait for their merge task
         if (self.running or self._committing or self._dirty or self._reviewing is not None
-                or c[S.ACTIVE] or c[S.AWAITING_QA] or runnable):
+                or c[S.ACTIVE] or judging or runnable):
             self._set_run_status(RunStatus.RUNNING)
         elif c[S.COMPLETE] + c[S.ABANDONED] == len(self.tasks):
             self._set_run_status(RunStatus.COMPLETED)

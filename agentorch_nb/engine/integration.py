@@ -12,7 +12,7 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..model import Attempt, Task, utcnow
+from ..model import Attempt, Profile, Task, utcnow
 from ..workspace import MergeResult, Workspace, Worktree
 
 if TYPE_CHECKING:
@@ -32,14 +32,29 @@ class Integration:
         if wt is None and not create:
             return None
         if wt is None:
-            wt = await self._continued(task) or await asyncio.to_thread(
-                self.git.create_worktree, self.engine.run_id, task.id, attempt)
+            wt = (await self._handed_over(task) or await self._continued(task)
+                  or await asyncio.to_thread(self.git.create_worktree, self.engine.run_id,
+                                             task.id, attempt))
             self.active[(task.id, attempt)] = wt
             task.branch, task.worktree = wt.branch, str(wt.path)
             self.engine._save(task)
             self.engine._emit("worktree_created", task.id, attempt=attempt, branch=wt.branch,
                               base_sha=wt.base_sha)
         return wt.path
+
+    async def _handed_over(self, task: Task) -> Worktree | None:
+        """A merge task works in the worktree of the attempt whose merge it resolves."""
+        if task.profile != Profile.MERGE or not task.worktree:
+            return None
+        head = await asyncio.to_thread(self.git.head, Worktree(Path(task.worktree), task.branch, ""))
+        return Worktree(Path(task.worktree), task.branch, head)
+
+    async def start_merge_in_worktree(self, task: Task, attempt: Attempt) -> Worktree:
+        """Merge the target into an approved attempt's worktree, leaving any conflicts there
+        for a merge task; the worktree now belongs to that merge task."""
+        wt = self.active.pop((task.id, attempt.number))
+        await asyncio.to_thread(self.git.merge_target_into, wt)
+        return wt
 
     async def _continued(self, task: Task) -> Worktree | None:
         """After a crash the next attempt goes on in the cut-off attempt's worktree."""
@@ -59,6 +74,8 @@ class Integration:
         message = f"{task.title}\n\nagentorch run {self.engine.run_id}, task {task.id}, attempt {attempt.number}"
         await asyncio.to_thread(self.git.commit_all, wt, message)
         head = await asyncio.to_thread(self.git.head, wt)
+        if task.profile == Profile.MERGE:
+            return head  # a merge task always integrates its branch, changed or not
         return None if head == wt.base_sha else head
 
     async def diff(self, task: Task, attempt: int) -> str:

@@ -84,8 +84,12 @@ def recover(engine: Engine) -> None:
     """Settle what the previous engine left mid-way, then queue everything for a step."""
     engine.error = None
     engine._set_run_status(RunStatus.RUNNING)
+    merges = {t.created_by.split(":", 1)[1]: t.id for t in engine.tasks.values()
+              if t.created_by and t.created_by.startswith("merge:") and not t.status.terminal}
     for tid, task in engine.tasks.items():
-        if task.status in (S.ACTIVE, S.AWAITING_QA):
+        if task.status == S.AWAITING_QA and tid in merges:
+            engine._merging[tid] = merges[tid]  # still waits for its merge task
+        elif task.status in (S.ACTIVE, S.AWAITING_QA):
             attempt = engine.attempts[tid][-1] if engine.attempts[tid] else None
             reason = ENGINE_DIED
             if attempt is not None and attempt.outcome is None:

@@ -239,3 +239,39 @@ async def test_the_guardian_nudges_a_drifting_worker(repo):
     assert [(r["tool_calls"], r["on_track"]) for r in rows] == [(2, True), (4, False)]
     assert rows[1]["nudge"] == "Stop listing directories; finish the task."
     assert run.task("t2").result_summary == "back on track"
+
+
+async def test_the_scripted_merge_worker_resolves_a_conflict_that_lands_on_main(repo):
+    (repo / "notes.txt").write_text("base\n")
+    subprocess.run(["git", "-C", str(repo), "add", "notes.txt"], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@x", "commit",
+                    "-q", "-m", "notes"], check=True)
+    task = {"description": "d", "acceptance_criteria": ["ok"], "profile": "code"}
+    rules = [
+        REVIEW,
+        {"role": "director", "reply": {"tool_calls": [call("submit_plan", components=[
+            {"title": "c", "description": "d"}])]}},
+        {"role": "planner", "reply": {"tool_calls": [call("create_subtasks", tasks=[
+            {"key": "a", "title": "Note A", **task}, {"key": "b", "title": "Note B", **task}])]}},
+        {"role": "worker", "profile": "merge", "replies": [
+            {"tool_calls": [call("read_file", path="notes.txt")]},
+            {"tool_calls": [call("write_file", path="notes.txt", content="A\nB\n")]},
+            {"tool_calls": [call("finish", summary="kept both notes")]}]},
+        {"role": "worker", "title": "Note A", "replies": [
+            {"tool_calls": [call("write_file", path="notes.txt", content="A\n")]},
+            {"tool_calls": [call("finish", summary="A")]}]},
+        {"role": "worker", "title": "Note B", "replies": [
+            {"tool_calls": [call("write_file", path="notes.txt", content="B\n")]},
+            {"tool_calls": [call("finish", summary="B")]}]},
+        APPROVE,
+    ]
+    run = orch_for(repo, "merger", rules).start("two notes")
+    assert await run.wait(60) == RunStatus.COMPLETED, run.summary()
+    assert (repo / "notes.txt").read_text() == "A\nB\n"
+    merge = [t for t in run.tasks if t.profile == "merge"]
+    assert len(merge) == 1 and merge[0].title in ("Merge: Note A", "Merge: Note B")
+    said = " ".join(run.messages(merge[0].id).content)
+    assert "<<<<<<<" in said  # the merge worker read the conflict markers
+    log = subprocess.run(["git", "-C", str(repo), "log", "--format=%s"], capture_output=True,
+                         text=True).stdout
+    assert "Merge" in log and "Note A" in log and "Note B" in log

@@ -63,31 +63,53 @@ async def test_parallel_tasks_merge_their_files_into_main(orch_factory, repo):
     assert git(repo, "status", "--porcelain") == ""
 
 
-async def test_a_conflicting_merge_fails_the_attempt_and_the_retry_lands(orch_factory, repo):
+async def test_a_conflict_goes_to_a_merge_task_that_resolves_it_in_the_same_worktree(orch_factory, repo):
     (repo / "shared.txt").write_text("base\n")
     git(repo, "add", "shared.txt")
     git(repo, "-c", "user.name=t", "-c", "user.email=t@x", "commit", "-q", "-m", "shared")
-    worker = FileWriter({
-        "first": {"shared.txt": "first\n"},
-        "second": {"shared.txt": lambda ctx: f"second, attempt {ctx.attempt}\n"},
-    }, delay=0.1)
+    seen = {}
+
+    def resolve(ctx):
+        return "first\nsecond\n"  # both sides' intent, no markers
+
+    worker = FileWriter({"first": {"shared.txt": "first\n"}, "second": {"shared.txt": "second\n"},
+                         "Merge: second": {"shared.txt": resolve}}, delay=0.1)
+
+    class Looking(FileWriter):
+        async def run(self, task, ctx):
+            if task.profile == "merge":
+                root = await ctx.worktree()
+                seen["markers"] = "<<<<<<<" in (root / "shared.txt").read_text()
+                seen["root"] = root
+            return await worker.run(task, ctx)
 
     class SlowSecondQA(TestStrategist):
         async def review(self, task, result, ctx):
-            if task.title == "second" and ctx.attempt == 1:
+            if task.title == "second":
                 await asyncio.sleep(0.3)  # lets "first" land meanwhile
             return await super().review(task, result, ctx)
 
-    run = orch_factory([TaskSpec("first"), TaskSpec("second")], worker=worker,
-                       strategist=SlowSecondQA()).start("conflict")
-    assert await run.wait(20) == RunStatus.COMPLETED
-    rows = run.store.rows("select attempt, outcome, failure_reason from attempts where run_id = ? "
-                          "and task_id = 't2' order by attempt", [run.id])
-    assert rows[0]["outcome"] == "error" and "merge conflict" in rows[0]["failure_reason"]
-    assert rows[-1]["outcome"] == "approved"
-    assert (repo / "shared.txt").read_text() == f"second, attempt {len(rows)}\n"
+    run = orch_factory([TaskSpec("first"), TaskSpec("second", key="s"), TaskSpec("after", depends_on=["s"])],
+                       worker=Looking({"after": {"after.txt": "x\n"}}), strategist=SlowSecondQA()).start("conflict")
+    worker.files["after"] = {"after.txt": "x\n"}
+    assert await run.wait(20) == RunStatus.COMPLETED, run.summary()
+    merge = run.task("t4")
+    assert (merge.profile, merge.created_by, merge.title) == ("merge", "merge:t2", "Merge: second")
+    assert seen["markers"] and seen["root"] == repo / ".worktrees" / run.id / "t2-a1"
+    second = run.task("t2")
+    assert second.attempts == 1 and second.status_reason == "integrated by merge task t4"
+    assert (repo / "shared.txt").read_text() == "first\nsecond\n"
     assert git(repo, "status", "--porcelain") == ""
-    assert not (repo / ".git" / "MERGE_HEAD").exists()
+    # "after" waited for the integrated work, not just for QA's approval.
+    starts = {r["task_id"]: r["s"] for r in run.store.rows(
+        "select task_id, min(started_at) as s from attempts where run_id = ? group by task_id", [run.id])}
+    ends = {r["task_id"]: r["f"] for r in run.store.rows(
+        "select task_id, max(finished_at) as f from attempts where run_id = ? group by task_id", [run.id])}
+    assert starts["t3"] >= ends["t4"]
+    statuses = [r["status"] for r in run.store.rows(
+        "select status from merges where run_id = ? order by ts", [run.id])]
+    assert statuses.count("conflict") == 1 and len(statuses) == 4  # first, second, its merge, after
+    assert git(repo, "branch", "--list", "agentorch/*") == ""
 
 
 @pytest.mark.parametrize("keep", [False, True])
@@ -130,3 +152,34 @@ def test_a_dirty_workspace_is_refused_before_anything_starts(orch_factory, repo)
         orch.start("x")
     assert orch.runs() == []
     assert git(repo, "status", "--porcelain") == "A  notes.txt"
+
+
+async def test_abandoning_a_merge_task_sends_the_work_back_to_phoenix(orch_factory, repo):
+    (repo / "shared.txt").write_text("base\n")
+    git(repo, "add", "shared.txt")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@x", "commit", "-q", "-m", "shared")
+    worker = FileWriter({"first": {"shared.txt": "first\n"},
+                         "second": {"shared.txt": lambda ctx: f"second, attempt {ctx.attempt}\n"}},
+                        delay=0.1)
+
+    class NoMerging(FileWriter):
+        async def run(self, task, ctx):
+            if task.profile == "merge":
+                return ao.WorkResult("cannot", ok=False, error="no idea how to merge this")
+            return await worker.run(task, ctx)
+
+    class SlowSecondQA(TestStrategist):
+        async def review(self, task, result, ctx):
+            if task.title == "second" and ctx.attempt == 1:
+                await asyncio.sleep(0.3)
+            return await super().review(task, result, ctx)
+
+    run = orch_factory([TaskSpec("first"), TaskSpec("second", max_retries=1)], worker=NoMerging({}),
+                       strategist=SlowSecondQA()).start("x")
+    assert await run.wait(20) == RunStatus.PAUSED
+    assert run.task("t3").status == TaskStatus.WAITING_HUMAN and run.task("t2").status == TaskStatus.AWAITING_QA
+    run.resolve("t3", "abandon")
+    assert await run.wait(20) == RunStatus.COMPLETED, run.summary()
+    assert run.task("t2").attempts == 2  # redone from the new tip
+    assert (repo / "shared.txt").read_text() == "second, attempt 2\n"
+    assert git(repo, "status", "--porcelain") == ""
