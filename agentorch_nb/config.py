@@ -21,6 +21,7 @@ class Config:
     plan_timeout: float = 300.0  # seconds for the Director to plan the objective
     max_retries: int = 4  # retries after the first failed attempt, before a human is asked
     keep_failed_worktrees: bool = False  # keep failed attempts' worktrees after the run ends
+    keep_worktrees: bool = False  # keep every worktree and branch of the run (no cleanup at all)
     max_iterations_per_task: int = 10  # reason/act rounds of one worker attempt
     # The Guardian: every guardian_every tool calls a (cheap) model judges whether the worker
     # drifts from its task and may inject a nudge. Its checks are guardian_verdicts rows.

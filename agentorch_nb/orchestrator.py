@@ -133,7 +133,8 @@ class Orchestrator:
             if _LIVE.get(key) is e:
                 del _LIVE[key]
 
-        engine.integration = Integration(engine, self.git, engine.config.keep_failed_worktrees)
+        engine.integration = Integration(engine, self.git, engine.config.keep_failed_worktrees,
+                                         engine.config.keep_worktrees)
         engine.engine_pid, engine.engine_host = os.getpid(), socket.gethostname()
         engine.on_start.append(on_start)
         engine.on_stop.append(on_stop)

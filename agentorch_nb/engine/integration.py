@@ -20,10 +20,12 @@ if TYPE_CHECKING:
 
 
 class Integration:
-    def __init__(self, engine: Engine, git: Workspace, keep_failed_worktrees: bool = False) -> None:
+    def __init__(self, engine: Engine, git: Workspace, keep_failed_worktrees: bool = False,
+                 keep_all: bool = False) -> None:
         self.engine = engine
         self.git = git
         self.keep_failed = keep_failed_worktrees
+        self.keep_all = keep_all
         self.active: dict[tuple[str, int], Worktree] = {}  # (task id, attempt) -> worktree
         self.failed: set[str] = set()  # branches of failed attempts, kept until the run ends
 
@@ -102,11 +104,13 @@ class Integration:
         wt = self.active.pop((task.id, attempt), None)
         if wt is None:
             return
-        if approved:
+        if approved and not self.keep_all:
             await asyncio.to_thread(self.git.remove_worktree, wt)
         else:
             self.failed.add(wt.branch)
 
     async def finish_run(self) -> None:
+        if self.keep_all:
+            return
         keep = frozenset(self.failed) if self.keep_failed else frozenset()
         await asyncio.to_thread(self.git.cleanup, self.engine.run_id, keep)

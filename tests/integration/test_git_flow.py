@@ -183,3 +183,18 @@ async def test_abandoning_a_merge_task_sends_the_work_back_to_phoenix(orch_facto
     assert run.task("t2").attempts == 2  # redone from the new tip
     assert (repo / "shared.txt").read_text() == "second, attempt 2\n"
     assert git(repo, "status", "--porcelain") == ""
+
+
+async def test_keep_worktrees_keeps_everything_until_orch_cleanup(orch_factory, repo):
+    orch = orch_factory([TaskSpec("a"), TaskSpec("b")],
+                        worker=FileWriter({"a": {"a.txt": "a\n"}, "b": {"b.txt": "b\n"}}),
+                        keep_worktrees=True)
+    run = orch.start("keep")
+    assert await run.wait(20) == RunStatus.COMPLETED
+    kept = sorted(p.name for p in (repo / ".worktrees" / run.id).iterdir())
+    assert kept == ["t1-a1", "t2-a1"]
+    removed = orch.cleanup(run.id)
+    assert removed == [f"agentorch/{run.id}/t1/a1", f"agentorch/{run.id}/t2/a1"]
+    assert not any((repo / ".worktrees" / run.id).iterdir())
+    assert git(repo, "branch", "--list", "agentorch/*") == ""
+    assert (repo / "a.txt").exists() and (repo / "b.txt").exists()  # the work itself stays on main
