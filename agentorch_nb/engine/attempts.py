@@ -40,6 +40,7 @@ class AttemptLifecycle:
                                        name=f"agentorch:{self.run_id}:{tid}")
         runner.add_done_callback(self._attempt_done)
         self.running[tid] = runner
+        self._attempt_tasks.add(runner)
         self.max_running_seen = max(self.max_running_seen, len(self.running))
 
     async def _attempt(self, task: Task, attempt: Attempt, ctx: Context) -> None:
@@ -100,7 +101,9 @@ class AttemptLifecycle:
                 self.move(waiting, S.COMPLETE, f"integrated by merge task {tid}")
         finally:
             self.running.pop(tid, None)
-            self._committing.add(tid)
+            # Until its writes are on disk and its worktree released, the attempt keeps the
+            # run from settling (a run that ends cleans up its worktrees).
+            self._finishing.add(tid)
             self.wake()  # the free slot can go to a task that is ready already
             try:
                 # A finished attempt is on disk before anything acts on it.
@@ -108,12 +111,12 @@ class AttemptLifecycle:
                 if task.status == S.COMPLETE:
                     for done in [tid, *self._integrated.pop(tid, [])]:
                         self._dirty.update(self.graph.dependents(done))
-                self._committing.discard(tid)
                 self.wake()
                 if self.integration is not None:
                     await asyncio.shield(self.integration.release(
                         task, attempt.number, attempt.outcome == Outcome.APPROVED))
             finally:
+                self._finishing.discard(tid)
                 self.wake()
 
     async def _hand_to_merge_task(self, task: Task, attempt: Attempt, sha: str,
@@ -175,6 +178,7 @@ class AttemptLifecycle:
             log.warning("summarizing attempt %s of %s failed: %s", attempt.number, task.id, exc)
 
     def _attempt_done(self, runner: asyncio.Task) -> None:
+        self._attempt_tasks.discard(runner)
         # Worker errors are failed attempts; an exception here is a bug in the engine
         # itself. It fails the run loudly instead of vanishing with the task.
         if not runner.cancelled() and runner.exception() is not None and self._fatal is None:

@@ -77,7 +77,8 @@ class Engine(AttemptLifecycle):
         self._next_task = 1
         self._counts: Counter[TaskStatus] = Counter()
         self._dirty: set[str] = set()  # planned tasks whose readiness may have changed
-        self._committing: set[str] = set()  # finished attempts whose writes are not on disk yet
+        self._finishing: set[str] = set()  # ended attempts still writing or releasing their worktree
+        self._attempt_tasks: set[asyncio.Task] = set()  # every attempt coroutine not done yet
         self.budget_hold = False  # the LLM budget is spent: start nothing until a human retries
         self._reviewing: asyncio.Task | None = None  # the Director's review of the planned graph
         self._review_wanted = False  # plan tasks exist that the Director has not reviewed yet
@@ -298,6 +299,9 @@ class Engine(AttemptLifecycle):
             await self._stop_workers(STOP_CANCEL)
             self._set_run_status(RunStatus.FAILED, f"{type(exc).__name__}: {exc}")
         finally:
+            pending = [t for t in self._attempt_tasks if not t.done()]
+            if pending:  # stopped attempts still recording their end: let them finish first
+                await asyncio.wait(pending, timeout=60)
             if self.integration is not None and self.status in (RunStatus.COMPLETED, RunStatus.CANCELLED):
                 try:
                     await self.integration.finish_run()
@@ -372,7 +376,7 @@ class Engine(AttemptLifecycle):
         runnable = c[S.READY] > 0 and not self.budget_hold and not (
             self._review_holds() and self._plan_counts[S.READY] == 0)
         judging = c[S.AWAITING_QA] - len(self._merging)  # the rest wait for their merge task
-        if (self.running or self._committing or self._dirty or self._reviewing is not None
+        if (self.running or self._finishing or self._dirty or self._reviewing is not None
                 or c[S.ACTIVE] or judging or runnable):
             self._set_run_status(RunStatus.RUNNING)
         elif c[S.COMPLETE] + c[S.ABANDONED] == len(self.tasks):
