@@ -291,8 +291,9 @@ class Workspace:
 
         A merge left half-done on the target is aborted (the target goes back to its last
         commit); worktrees of this run whose branch the store does not know are removed;
-        ``index.lock`` files older than ``lock_age`` seconds (a git process that died with
-        the engine) are removed; younger ones are reported, not touched."""
+        git's lock files that no process holds open (a git that died with the engine) are
+        removed, as are, where that cannot be told, those older than ``lock_age`` seconds;
+        the others are reported, not touched."""
         import time
 
         report = []
@@ -316,16 +317,37 @@ class Workspace:
             if wt.branch not in known:
                 self.remove_worktree(wt)
                 report.append(f"removed worktree {wt.path} (branch {wt.branch}) that the store does not know")
-        for lock in [self.git_dir / "index.lock", *self.git_dir.glob("worktrees/*/index.lock")]:
-            if not lock.exists():
-                continue
+        # packed-refs.new is the half-written file that goes with packed-refs.lock.
+        locks = [*self.git_dir.glob("*.lock"), *self.git_dir.glob("refs/**/*.lock"),
+                 *self.git_dir.glob("worktrees/*/*.lock"), *self.git_dir.glob("packed-refs.new")]
+        for lock in locks:
+            if lock.name == "agentorch-merge.lock" or not lock.exists():
+                continue  # our own flock file lives there for good
             age = time.time() - lock.stat().st_mtime
-            if age > lock_age:
+            held = _held_open(lock)
+            if held is False or (held is None and age > lock_age):
                 lock.unlink(missing_ok=True)
-                report.append(f"removed stale {lock} ({age:.0f} s old)")
+                report.append(f"removed stale {lock} ({age:.0f} s old, no process holds it)")
             else:
-                report.append(f"{lock} is {age:.0f} s old: a git process may still be running; left alone")
+                report.append(f"{lock} is {age:.0f} s old and may be held by a running git; left alone")
         return report
+
+
+def _held_open(path: Path) -> bool | None:
+    """Whether any process has ``path`` open (git keeps its lock files open while it holds
+    them); None where /proc cannot tell (then only the lock's age can)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    target = str(path)
+    for fd_dir in proc.glob("[0-9]*/fd"):
+        try:
+            for fd in fd_dir.iterdir():
+                if os.readlink(fd) == target:
+                    return True
+        except OSError:
+            continue  # a process that ended, or one we may not look into
+    return False
 
 
 def exclude(root: Path, pattern: str) -> None:

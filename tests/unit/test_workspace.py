@@ -118,12 +118,15 @@ def test_reconcile_removes_unknown_worktrees_and_stale_locks_and_reports_them(ws
     stale = ws.git_dir / "index.lock"
     stale.write_text("")
     os.utime(stale, (time.time() - 600, time.time() - 600))
-    young = ws.git_dir / "worktrees" / known.path.name / "index.lock"
-    young.write_text("")
-    report = ws.reconcile("run-1", {known.branch})
-    assert any("removed worktree" in r and stray.branch in r for r in report)
-    assert any("removed stale" in r for r in report) and not stale.exists()
-    assert any("left alone" in r for r in report) and young.exists()
-    assert known.path.exists() and not stray.path.exists()
-    young.unlink()
+    held = ws.git_dir / "worktrees" / known.path.name / "index.lock"
+    orphan = ws.git_dir / "packed-refs.lock"  # just made, but nobody holds it: a killed git's
+    orphan.write_text("")
+    with open(held, "w"):  # a running git keeps its lock file open
+        report = ws.reconcile("run-1", {known.branch})
+        assert any("removed worktree" in r and stray.branch in r for r in report)
+        assert any("removed stale" in r and "index.lock" in r for r in report) and not stale.exists()
+        assert not orphan.exists()
+        assert any("left alone" in r for r in report) and held.exists()
+        assert known.path.exists() and not stray.path.exists()
+    held.unlink()
     assert ws.reconcile("run-1", {known.branch}) == []
