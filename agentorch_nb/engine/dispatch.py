@@ -20,6 +20,7 @@ import logging
 import uuid
 from collections import Counter
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from ..config import Config
@@ -98,15 +99,27 @@ class Engine(AttemptLifecycle):
         self.integration: Integration | None = None  # git worktrees and merges, when a workspace is set
         self.on_start: list = []  # coroutine functions awaited before the first step
         self.on_stop: list = []  # callables run when the loop ends
+        # Called on the engine's loop with each event, message and streamed reply chunk as it
+        # happens (see _publish); the widgets watch a live run through this.
+        self.observers: list[Callable[[dict[str, Any]], None]] = []
 
     # ------------------------------------------------------------- recording
     def _emit(self, kind: str, task_id: str | None = None, /, **payload: Any) -> None:
         self._seq += 1
-        self.store.append(
-            "events",
-            {"run_id": self.run_id, "seq": self._seq, "ts": utcnow(), "task_id": task_id,
-             "kind": kind, "payload": payload},
-        )
+        row = {"run_id": self.run_id, "seq": self._seq, "ts": utcnow(), "task_id": task_id,
+               "kind": kind, "payload": payload}
+        self.store.append("events", row)
+        self._publish("event", row)
+
+    def _publish(self, channel: str, row: dict[str, Any]) -> None:
+        """Tell the observers. They must be quick (they queue, they do not draw), and one
+        that fails is logged and dropped: watching a run must never break it."""
+        for fn in list(self.observers):
+            try:
+                fn({"channel": channel, **row})
+            except Exception:
+                log.exception("run %s: observer %r failed and was removed", self.run_id, fn)
+                self.observers.remove(fn)
 
     def _save(self, task: Task) -> None:
         task.updated_at = utcnow()
@@ -133,11 +146,16 @@ class Engine(AttemptLifecycle):
     created_at = None
 
     def record_message(self, task_id, attempt, role, content, metadata) -> None:
-        self.store.append(
-            "messages",
-            {"run_id": self.run_id, "task_id": task_id, "attempt": attempt, "role": role,
-             "content": content, "metadata": metadata or None},
-        )
+        row = {"run_id": self.run_id, "task_id": task_id, "attempt": attempt, "role": role,
+               "content": content, "metadata": metadata or None, "ts": utcnow()}
+        self.store.append("messages", row)
+        self._publish("message", row)
+
+    def stream_chunk(self, task_id: str | None, attempt: int, role: str, text: str) -> None:
+        """Part of a model reply still arriving: shown live, never stored (the whole reply
+        is recorded as a message when it is complete)."""
+        self._publish("chunk", {"run_id": self.run_id, "task_id": task_id, "attempt": attempt,
+                                "role": role, "content": text})
 
     def _set_run_status(self, status: RunStatus, error: str | None = None) -> None:
         if status == self.status and error is None:
