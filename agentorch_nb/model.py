@@ -154,6 +154,8 @@ class Attempt:
     summary: str | None = None
     qa_feedback: str | None = None
     guidance: str | None = None  # what the human had said when this attempt started
+    commit_sha: str | None = None  # the attempt's commit, when it changed anything
+    diff: str | None = None  # what that commit changed against where the attempt started
 
 
 @dataclass

@@ -76,6 +76,9 @@ class Integration:
         message = f"{task.title}\n\nagentorch run {self.engine.run_id}, task {task.id}, attempt {attempt.number}"
         await asyncio.to_thread(self.git.commit_all, wt, message)
         head = await asyncio.to_thread(self.git.head, wt)
+        if head != wt.base_sha:
+            attempt.commit_sha = head
+            attempt.diff = await asyncio.to_thread(self.git.diff, wt)
         if task.profile == Profile.MERGE:
             return head  # a merge task always integrates its branch, changed or not
         return None if head == wt.base_sha else head

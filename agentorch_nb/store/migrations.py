@@ -83,7 +83,14 @@ def _v3_guardian(con) -> None:
     )
 
 
-MIGRATIONS: list[Callable] = [_v1_initial, _v2_checkpoints, _v3_guardian]
+def _v4_attempt_diffs(con) -> None:
+    # What each attempt committed, kept after its worktree is gone: the task inspector shows
+    # it and a post-mortem can ask what attempt 2 changed that attempt 3 did not.
+    con.execute("alter table attempts add column commit_sha varchar")
+    con.execute("alter table attempts add column diff varchar")
+
+
+MIGRATIONS: list[Callable] = [_v1_initial, _v2_checkpoints, _v3_guardian, _v4_attempt_diffs]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -77,6 +77,8 @@ def attempt_row(a: Attempt) -> dict[str, Any]:
         "summary": a.summary,
         "qa_feedback": a.qa_feedback,
         "guidance": a.guidance,
+        "commit_sha": a.commit_sha,
+        "diff": a.diff,
     }
 
 
@@ -92,6 +94,8 @@ def attempt_from_row(row: dict[str, Any]) -> Attempt:
         summary=row["summary"],
         qa_feedback=row["qa_feedback"],
         guidance=row["guidance"],
+        commit_sha=row.get("commit_sha"),
+        diff=row.get("diff"),
     )
 
 

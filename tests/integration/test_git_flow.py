@@ -57,6 +57,11 @@ async def test_parallel_tasks_merge_their_files_into_main(orch_factory, repo):
     assert [m["task_id"] for m in merges] == ["t1", "t2", "t3"]
     assert {m["status"] for m in merges} <= {"fast_forward", "merged"}
     assert "merged" in {m["status"] for m in merges}  # a and b diverged: one needed a merge commit
+    # Each attempt's commit and diff outlive its worktree, for the inspector and post-mortems.
+    kept = run.store.rows("select task_id, commit_sha, diff from attempts where run_id = ? "
+                          "order by task_id", [run.id])
+    assert all(len(a["commit_sha"]) == 40 for a in kept)
+    assert "+A" in kept[0]["diff"] and "c.txt" in kept[2]["diff"] and "a.txt" not in kept[2]["diff"]
     # Approved attempts leave no worktree or branch behind.
     assert git(repo, "branch", "--list", "agentorch/*") == ""
     assert not any((repo / ".worktrees").glob(f"{run.id}/*"))
