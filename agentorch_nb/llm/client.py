@@ -3,7 +3,8 @@
 A call picks the role's model, waits for the process-wide rate limits, checks the budget,
 calls litellm with a per-attempt timeout and no retries of its own, and retries 429s
 (after Retry-After), 5xx, timeouts and connection errors with exponential backoff and
-jitter. Every HTTP attempt, failed or not, becomes one ``llm_calls`` row.
+jitter. Every HTTP attempt, failed or not, becomes one ``llm_calls`` row. With ``on_chunk``
+the call is streamed (``streaming.py``) and everything else stays the same.
 
 litellm is imported on the first call, never at package import (it takes seconds), and
 with ``LITELLM_LOCAL_MODEL_COST_MAP`` set so it never fetches its cost map from the network.
@@ -19,6 +20,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -27,6 +29,7 @@ from .errors import BudgetExceeded, LLMCallFailed, LLMError
 from .limits import RateLimiter, shared_limiter
 from .scripted import PROVIDER as SCRIPTED, message_text
 from .settings import Models, load_env_file
+from .streaming import ChunkRelay, assemble, read_stream, stream_params
 
 log = logging.getLogger("agentorch_nb.llm")
 
@@ -244,6 +247,7 @@ class LLM:
         profile: str | None = None,
         title: str | None = None,
         timeout: float | None = None,
+        on_chunk: Callable[[str], None] | None = None,
         **params: Any,
     ) -> Reply:
         """One chat completion for ``role``; retries transient failures.
@@ -252,6 +256,16 @@ class LLM:
         as they are (``max_tokens``, ``response_format``, ...). Raises LLMCallFailed when
         the call fails for good, BudgetExceeded before spending past the budget, and
         ScriptError when a scripted model has no reply.
+
+        ``on_chunk(text)``, when given, streams the call: it receives each piece of the reply's
+        text as it arrives, on the event loop this call runs on, and the returned Reply is the
+        same as without it. A try that fails after some pieces were delivered is retried like
+        any other, and the retry's reply arrives from its beginning again, with no marker in
+        between: a watcher that wants only the final text should take the recorded reply. A
+        callback that raises is logged and called no more; the call goes on. Models that
+        cannot stream are called the plain way (``on_chunk`` then sees nothing).
+
+            reply = await llm.complete(role="worker", messages=msgs, on_chunk=print)
         """
         litellm = litellm_module()
         m = self.models
@@ -269,6 +283,8 @@ class LLM:
                 "attempt": attempt, "profile": profile, "title": title,
             }}
         per_try = timeout or m.call_timeout
+        streamed = stream_params(litellm, model) if on_chunk is not None else None
+        relay = ChunkRelay(on_chunk, model, role) if streamed is not None else None
         estimate = _estimate_tokens(messages, tools)
         where = dict(task_id=task_id, attempt=attempt, role=role, model=model)
 
@@ -281,13 +297,13 @@ class LLM:
                 try:
                     # litellm bounds each HTTP read by the timeout; ours bounds the whole
                     # attempt, custom providers included. Either counts as a timeout.
-                    resp = await asyncio.wait_for(
-                        litellm.acompletion(
-                            model=model, messages=messages, timeout=per_try, num_retries=0,
-                            max_retries=0, drop_params=True, **kwargs,
-                        ),
-                        per_try,
+                    call = litellm.acompletion(
+                        model=model, messages=messages, timeout=per_try, num_retries=0,
+                        max_retries=0, drop_params=True, **kwargs, **(streamed or {}),
                     )
+                    if relay is not None:  # the whole stream is read within the try's time
+                        call = read_stream(call, relay)
+                    resp = await asyncio.wait_for(call, per_try)
                 except asyncio.CancelledError:
                     self._record(where, t0, error="cancelled")
                     raise
@@ -325,6 +341,8 @@ class LLM:
                     log.info("%s: %s; retrying in %.2f s", model, error, delay)
                 else:
                     try:
+                        if relay is not None:
+                            resp = assemble(litellm, resp, messages)
                         reply = self._reply(litellm, resp, model, t0, n, estimate)
                     except Exception as exc:  # noqa: BLE001 - a response without the usual shape
                         error = f"unreadable response: {_describe(exc)}"
@@ -420,7 +438,21 @@ def _own_error(exc: BaseException) -> LLMError | None:
     return None
 
 
+def _stream_cause(exc: BaseException) -> BaseException | None:
+    """The provider's error behind litellm's MidStreamFallbackError (how a failed stream
+    surfaces; its status is the cause's, or 503), or None."""
+    from litellm import exceptions
+
+    wrapper = getattr(exceptions, "MidStreamFallbackError", None)
+    if wrapper is not None and isinstance(exc, wrapper):
+        return getattr(exc, "original_exception", None)
+    return None
+
+
 def _describe(exc: BaseException) -> str:
+    cause = _stream_cause(exc)
+    if cause is not None:
+        return _describe(cause)
     if isinstance(exc, asyncio.TimeoutError):
         return "timeout: no answer within the call timeout"
     text = str(exc).split("\nTraceback", 1)[0].strip()
@@ -448,6 +480,9 @@ def _retry_after(exc: BaseException) -> float | None:
     value = getattr(exc, "retry_after", None)
     if isinstance(value, (int, float)) and value >= 0:
         return float(value)
+    cause = _stream_cause(exc)
+    if cause is not None and (after := _retry_after(cause)) is not None:
+        return after
     headers: list[Any] = []
     response = getattr(exc, "response", None)
     if response is not None and getattr(response, "headers", None) is not None:

@@ -27,6 +27,10 @@ string passed on verbatim, e.g. to test malformed JSON). Optional: ``tokens_in``
 ``error`` (``{"status": 429, "retry_after": 0.1}``, ``{"status": 500}``, or ``"timeout"``) to
 make the call fail the way a provider would.
 
+**Streaming.** ``stream=True`` works too: the reply comes in pieces of a few words, each
+tool call's arguments in two halves, and the token counts in the last chunk, so the client's
+streaming path and the live log view run offline (the demo streams when someone watches).
+
 **Conversations.** A conversation is one (run, role, task, attempt). The LLM client passes
 them to litellm as ``metadata={"agentorch": {"run_id", "role", "task_id", "attempt",
 "profile", "title"}}``; a direct ``litellm.acompletion`` call may pass the same. With no
@@ -347,6 +351,36 @@ def response_fields(reply: Mapping[str, Any], messages: list, tools: Any) -> dic
     }
 
 
+WORDS_PER_CHUNK = 4
+
+
+def stream_chunks(fields: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``response_fields`` as litellm's ``GenericStreamingChunk`` dicts: the content in pieces of
+    a few words, each tool call's arguments split in two (so they must be assembled), then a
+    last chunk with the finish reason and the token counts."""
+    choice = fields["choices"][0]
+    message = choice["message"]
+
+    def chunk(text: str = "", tool_use: Any = None, **last: Any) -> dict[str, Any]:
+        return {"text": text, "tool_use": tool_use, "is_finished": False, "finish_reason": "",
+                "usage": None, "index": 0, **last}
+
+    words = re.split(r"(?<=\s)(?=\S)", message.get("content") or "")
+    chunks = [chunk("".join(words[i:i + WORDS_PER_CHUNK]))
+              for i in range(0, len(words), WORDS_PER_CHUNK) if any(words[i:i + WORDS_PER_CHUNK])]
+    for index, call in enumerate(message.get("tool_calls") or []):
+        args = call["function"]["arguments"]
+        half = len(args) // 2
+        chunks.append(chunk(tool_use={"id": call["id"], "type": "function", "index": index,
+                                      "function": {"name": call["function"]["name"],
+                                                   "arguments": args[:half]}}))
+        chunks.append(chunk(tool_use={"id": None, "type": "function", "index": index,
+                                      "function": {"name": None, "arguments": args[half:]}}))
+    chunks.append(chunk(is_finished=True, finish_reason=choice["finish_reason"],
+                        usage=dict(fields["usage"])))
+    return chunks
+
+
 def _raise_scripted_error(error: Any, model: str) -> None:
     import httpx
     import litellm
@@ -414,5 +448,25 @@ def _make_handler() -> Any:
             if reply.get("error") is not None:
                 _raise_scripted_error(reply["error"], model)
             return litellm.ModelResponse(model=f"{PROVIDER}/{model}", **fields)
+
+        async def astreaming(self, model, messages, optional_params, litellm_params=None, **kw):
+            # A generator: the reply is chosen (and an injected error raised) when the caller
+            # starts reading, as a provider's would fail on the first read.
+            reply, fields = answer(model, messages, optional_params, litellm_params or {})
+            if reply.get("delay"):
+                await asyncio.sleep(float(reply["delay"]))
+            if reply.get("error") is not None:
+                _raise_scripted_error(reply["error"], model)
+            for piece in stream_chunks(fields):
+                yield piece
+                await asyncio.sleep(0)  # one piece per turn of the loop, like a network read
+
+        def streaming(self, model, messages, optional_params, litellm_params=None, **kw):
+            reply, fields = answer(model, messages, optional_params, litellm_params or {})
+            if reply.get("delay"):
+                time.sleep(float(reply["delay"]))
+            if reply.get("error") is not None:
+                _raise_scripted_error(reply["error"], model)
+            yield from stream_chunks(fields)
 
     return ScriptedLLM()

@@ -2,9 +2,11 @@
 
 The server runs in this process on 127.0.0.1 (stdlib ``http.server`` in a thread) and
 answers each request with the next planned action: a completion, a 429 with Retry-After,
-a 500, an answer slower than the client's timeout, or tool calls with broken JSON. litellm
-reaches it as ``openai/<model>`` with ``api_base``, so the real HTTP path (openai SDK, httpx,
-litellm's exception mapping) runs; nothing leaves the machine.
+a 500, an answer slower than the client's timeout, or tool calls with broken JSON. A request
+with ``"stream": true`` is answered with Server-Sent Events as OpenAI sends them (content
+pieces, tool-call arguments split over chunks, a usage chunk, ``[DONE]``), optionally paced
+or cut off midway. litellm reaches it as ``openai/<model>`` with ``api_base``, so the real
+HTTP path (openai SDK, httpx, litellm's exception mapping) runs; nothing leaves the machine.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class FakeOpenAI:
 
     plan: list[dict] = field(default_factory=list)
     requests: list[dict] = field(default_factory=list)  # {"at", "body", "headers"}
+    sent: list[tuple[float, dict]] = field(default_factory=list)  # streamed events, when written
     lock: threading.Lock = field(default_factory=threading.Lock)
     port: int = 0
 
@@ -73,6 +76,33 @@ def completion(body: dict, action: dict) -> dict:
     }
 
 
+def stream_events(body: dict, action: dict) -> list[dict]:
+    """A completion as OpenAI streams it. ``pieces`` are the content deltas (default: the
+    content in one); each tool call's arguments come in three parts after its id and name."""
+    head = {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": body.get("model")}
+
+    def delta(d: dict, finish: str | None = None) -> dict:
+        return {**head, "choices": [{"index": 0, "delta": d, "finish_reason": finish}]}
+
+    pieces = action.get("pieces", [action["content"]] if action.get("content") else [])
+    events = [delta({"role": "assistant", "content": ""})]
+    events += [delta({"content": p}) for p in pieces]
+    for i, c in enumerate(action.get("tool_calls") or []):
+        args = c["arguments"] if isinstance(c["arguments"], str) else json.dumps(c["arguments"])
+        third = max(1, len(args) // 3)
+        events.append(delta({"tool_calls": [{"index": i, "id": f"call_{i}", "type": "function",
+                                             "function": {"name": c["name"], "arguments": ""}}]}))
+        events += [delta({"tool_calls": [{"index": i, "function": {"arguments": part}}]})
+                   for part in (args[:third], args[third:2 * third], args[2 * third:])]
+    events.append(delta({}, "tool_calls" if action.get("tool_calls") else "stop"))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        prompt, out = action.get("prompt_tokens", 100), action.get("completion_tokens", 20)
+        events.append({**head, "choices": [], "usage": {
+            "prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}})
+    return events
+
+
 def make_handler(fake: FakeOpenAI):
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args) -> None:  # keep test output clean
@@ -85,6 +115,8 @@ def make_handler(fake: FakeOpenAI):
                 if action.get("sleep"):
                     time.sleep(action["sleep"])
                 status = action.get("status", 200)
+                if status == 200 and body.get("stream"):
+                    return self.stream(body, action)
                 if status != 200:
                     payload = {"error": {"message": action.get("message", f"injected {status}"),
                                          "type": "server_error", "code": str(status)}}
@@ -101,6 +133,26 @@ def make_handler(fake: FakeOpenAI):
                 self.wfile.write(data)
             except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
                 pass
+
+        def stream(self, body: dict, action: dict) -> None:
+            """Server-Sent Events, ``pace`` seconds apart; ``drop_after=n`` sends n content
+            pieces and hangs up in the middle of the body (it promised more)."""
+            events = stream_events(body, action)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            if "drop_after" in action:
+                events = events[:1 + action["drop_after"]]
+                self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            for event in events:
+                self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                self.wfile.flush()
+                fake.sent.append((time.monotonic(), event))
+                time.sleep(action.get("pace", 0))
+            if "drop_after" not in action:
+                self.wfile.write(b"data: [DONE]\n\n")
+            self.close_connection = True
 
     return Handler
 
@@ -230,6 +282,93 @@ async def test_client_errors_are_not_retried_and_usd_budget_stops(fake, store):
         await llm.complete(role="worker", messages=ask())
     assert len(fake.requests) == 2
     assert [r["error"] is None for r in rows(store)] == [False, True]
+
+
+# -------------------------------------------------------------- streaming
+class Watcher:
+    """An on_chunk callback that notes each piece and when it came."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[float, str]] = []
+
+    def __call__(self, text: str) -> None:
+        self.got.append((time.monotonic(), text))
+
+    @property
+    def texts(self) -> list[str]:
+        return [t for _, t in self.got]
+
+
+async def test_a_streamed_reply_arrives_piece_by_piece_and_assembles(fake, store):
+    pieces = ["I will ", "write ", "a.py ", "now."]
+    fake.plan = [{"pieces": pieces, "pace": 0.05, "prompt_tokens": 1000, "completion_tokens": 500,
+                  "tool_calls": [{"name": "write_file", "arguments": {"path": "a.py", "content": "x = 1\n"}},
+                                 {"name": "write_file", "arguments": {"path": "b.py"}}]}]
+    llm = client(fake, store, model="openai/gpt-4o-mini")
+    watch = Watcher()
+    reply = await llm.complete(role="worker", messages=ask(), tools=TOOLS, task_id="t1", attempt=1,
+                               on_chunk=watch)
+    done = time.monotonic()
+
+    assert watch.texts == pieces and reply.content == "".join(pieces)
+    # Each piece reached the watcher before the server had even written the last event.
+    last_sent = fake.sent[-1][0]
+    assert all(at < last_sent for at, _ in watch.got) and watch.got[-1][0] <= done
+    assert [t for t, _ in watch.got] == sorted(t for t, _ in watch.got)
+    assert [tuple(c) for c in reply.tool_calls] == [
+        ("call_0", "write_file", {"path": "a.py", "content": "x = 1\n"}),
+        ("call_1", "write_file", {"path": "b.py"})]
+    assert not reply.bad_tool_calls
+    assert (reply.tokens_in, reply.tokens_out) == (1000, 500)  # from the usage chunk
+    cin, cout = litellm_module().cost_per_token(model="gpt-4o-mini", prompt_tokens=1000,
+                                                completion_tokens=500)
+    assert reply.cost_usd == pytest.approx(cin + cout)
+
+    (request,) = fake.requests
+    body = request["body"]
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert body["tools"] == TOOLS and "metadata" not in body
+    (row,) = rows(store)
+    assert (row["tokens_in"], row["tokens_out"], row["error"], row["task_id"]) == (1000, 500, None, "t1")
+    assert row["cost_usd"] == pytest.approx(reply.cost_usd)
+    assert llm.spent_tokens == 1500
+
+
+async def test_a_500_before_the_stream_is_retried_then_streams(fake, store):
+    fake.plan = [{"status": 500}, {"pieces": ["second ", "time"]}]
+    llm = client(fake, store)
+    watch = Watcher()
+    reply = await llm.complete(role="worker", messages=ask(), on_chunk=watch)
+    assert reply.content == "second time" and reply.tries == 2 and watch.texts == ["second ", "time"]
+    assert all(r["body"]["stream"] for r in fake.requests)
+    failed, ok = rows(store)
+    assert "500" in failed["error"] and failed["tokens_in"] == 0
+    assert ok["error"] is None and (ok["tokens_in"], ok["tokens_out"]) == (100, 20)
+
+
+async def test_a_stream_cut_off_midway_is_retried_and_the_watcher_sees_it_restart(fake, store):
+    pieces = ["one ", "two ", "three"]
+    fake.plan = [{"pieces": pieces, "drop_after": 2}, {"pieces": pieces}]
+    llm = client(fake, store)
+    watch = Watcher()
+    reply = await llm.complete(role="worker", messages=ask(), on_chunk=watch)
+    assert reply.content == "one two three" and reply.tries == 2
+    assert watch.texts == ["one ", "two ", "one ", "two ", "three"]  # no marker: it starts again
+    cut, ok = rows(store)
+    assert cut["error"].startswith("try 1: ") and "onnection" in cut["error"]  # the hang-up
+    assert cut["tokens_in"] == 0 and ok["error"] is None
+
+
+async def test_the_call_timeout_bounds_the_whole_stream(fake, store):
+    fake.plan = [{"pieces": ["slow ", "and ", "steady"], "pace": 0.4}]
+    llm = client(fake, store, max_retries=0, call_timeout=0.6)
+    watch = Watcher()
+    with pytest.raises(LLMCallFailed, match="failed 1 times") as err:
+        await llm.complete(role="worker", messages=ask(), on_chunk=watch)
+    assert "imeout" in err.value.last_error and watch.texts[:1] == ["slow "]
+    assert len(watch.texts) < 3
+    (row,) = rows(store)
+    assert "imeout" in row["error"]
 
 
 @pytest.mark.slow  # a fresh interpreter that imports litellm: about 6 s
