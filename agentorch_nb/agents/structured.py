@@ -43,15 +43,18 @@ async def ask(llm, *, role: str, messages: list[dict[str, Any]], schema: dict[st
     """Call the model until it calls ``schema``'s tool with arguments ``parse`` accepts.
 
     ``parse`` raises ValueError with a message for the model when the arguments are wrong.
-    Each message of the exchange is logged through ``ctx.log`` when ``ctx`` is given.
+    Each message of the exchange is logged through ``ctx.log`` when ``ctx`` is given, and
+    the model's replies stream to whoever watches the task (``live_chunks``).
     """
     name = schema["function"]["name"]
     messages = list(messages)
     for m in messages:
         _log(ctx, m)
     problem = ""
+    on_chunk = live_chunks(ctx)
     for _ in range(retries + 1):
-        reply = await llm.complete(role=role, messages=messages, tools=[schema], **where)
+        reply = await llm.complete(role=role, messages=messages, tools=[schema], on_chunk=on_chunk,
+                                   **where)
         messages.append(reply.message())
         _log(ctx, reply.message())
         call = next((c for c in reply.tool_calls if c.name == name), None)
@@ -76,6 +79,17 @@ async def ask(llm, *, role: str, messages: list[dict[str, Any]], schema: dict[st
         messages.append(feedback)
         _log(ctx, feedback)
     raise AgentAnswerError(f"the {role} gave no usable `{name}` answer after {retries + 1} tries: {problem}")
+
+
+def live_chunks(ctx, role: str = "assistant") -> Callable[[str], None] | None:
+    """``on_chunk`` for ``LLM.complete``: the reply's text goes to the run's observers as it
+    arrives, as chunks of the ``role`` message that ``ctx.log`` records once it is complete.
+    None (the call is not streamed) when nobody watches the run, or when the call is not
+    for a task (the Director's: a live log view shows tasks)."""
+    engine = getattr(ctx, "_engine", None)
+    if engine is None or not engine.observers or getattr(ctx, "task_id", None) is None:
+        return None
+    return lambda text: ctx.stream(role, text)
 
 
 def _log(ctx, message: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Protocol, TypedDict
 
 from ..engine.resume import ENGINE_DIED
 from ..model import Outcome, WorkResult
-from .structured import profile_guidance, prompt
+from .structured import live_chunks, profile_guidance, prompt
 
 
 class Toolbox(Protocol):
@@ -94,7 +94,8 @@ class ReActWorker:
         async def reason(state: WorkerState) -> dict:
             reply = await llm.complete(role="worker", messages=state["messages"],
                                        tools=toolbox.schemas(), task_id=task.id,
-                                       attempt=ctx.attempt, profile=task.profile, title=task.title)
+                                       attempt=ctx.attempt, profile=task.profile, title=task.title,
+                                       on_chunk=live_chunks(ctx))
             message = reply.message()
             ctx.log("assistant", reply.content or "", **({"tool_calls": message["tool_calls"]}
                                                         if reply.tool_calls else {}))

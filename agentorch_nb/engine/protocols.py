@@ -7,6 +7,7 @@ deterministic agents of :mod:`agentorch_nb.testing` and the LLM agents share one
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,23 @@ class Context:
         """Record one message of this agent's conversation (stored in ``messages``)."""
         if self._engine is not None:
             self._engine.record_message(self.task_id, self.attempt, role, content, metadata)
+
+    def stream(self, role: str, text: str) -> None:
+        """Show part of a message still being written (a model reply as it streams) to whoever
+        watches the run; nothing is stored: ``log`` records the whole message when it is done.
+        Safe from any thread: off the engine's loop the chunk is handed over to it."""
+        engine = self._engine
+        if engine is None:
+            return
+        loop = engine.loop
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if loop is None or here is loop:
+            engine.stream_chunk(self.task_id, self.attempt, role, text)
+        else:  # observers run on the engine's loop, never beside it
+            loop.call_soon_threadsafe(engine.stream_chunk, self.task_id, self.attempt, role, text)
 
     async def worktree(self, create: bool = True) -> Path | None:
         """This attempt's own git worktree, made on first use from the target branch's tip.

@@ -275,3 +275,70 @@ async def test_the_scripted_merge_worker_resolves_a_conflict_that_lands_on_main(
     log = subprocess.run(["git", "-C", str(repo), "log", "--format=%s"], capture_output=True,
                          text=True).stdout
     assert "Merge" in log and "Note A" in log and "Note B" in log
+
+
+STREAMING = [
+    REVIEW,
+    {"role": "director", "reply": {"content": "One component will do.", "tool_calls": [
+        call("submit_plan", components=[{"title": "all", "description": "everything"}])]}},
+    {"role": "planner", "reply": {"content": "A single task writes the file.", "tool_calls": [
+        call("create_subtasks", tasks=[{"key": "a", "title": "Write a.txt", "description": "d",
+                                        "acceptance_criteria": ["works"], "profile": "code"}])]}},
+    {"role": "worker", "replies": [
+        {"content": "First I write a.txt with the letter A in it, then I check it.",
+         "tool_calls": [call("write_file", path="a.txt", content="A\n")]},
+        {"content": "The file is written; nothing else is needed.",
+         "tool_calls": [call("finish", summary="wrote a.txt")]}]},
+    {"role": "strategist", "reply": {"content": "a.txt holds A, as asked.", "tool_calls": [call(
+        "submit_verdict", approved=True, criteria=[{"criterion": "works", "met": True}])]}},
+]
+
+
+async def test_a_watched_run_streams_each_reply_before_recording_it(repo):
+    run = orch_for(repo, "streaming", STREAMING).start("write a.txt")
+    engine, seen, loops = run._engine, [], set()
+
+    def observe(item: dict) -> None:
+        seen.append(item)
+        loops.add(asyncio.get_running_loop() is engine.loop)
+
+    engine.observers.append(observe)  # before the loop's first turn: nothing missed
+    assert await run.wait(60) == RunStatus.COMPLETED, run.summary()
+    assert loops == {True}  # observers are only ever called on the engine's loop
+
+    chunks = [s for s in seen if s["channel"] == "chunk"]
+    assert {s["role"] for s in chunks} == {"assistant"} and all(s["run_id"] == run.id for s in chunks)
+    assert None not in {s["task_id"] for s in chunks}  # the Director's calls are not a task's
+    # The pieces of each reply arrive first; the recorded message is exactly their sum.
+    pending: dict[tuple, str] = {}
+    checked = []
+    for s in seen:
+        key = (s.get("task_id"), s.get("attempt"))
+        if s["channel"] == "chunk":
+            pending[key] = pending.get(key, "") + s["content"]
+        elif s["channel"] == "message" and s["role"] == "assistant" and s["task_id"]:
+            assert pending.pop(key, "") == s["content"], key
+            checked.append((key, s["content"]))
+    assert not pending
+    worker_said = [c for k, c in checked if k == ("t2", 1)]
+    assert worker_said == ["First I write a.txt with the letter A in it, then I check it.",
+                           "The file is written; nothing else is needed.", "a.txt holds A, as asked."]
+    assert ("t1", 1) in {k for k, _ in checked}  # the planner's reply streamed too
+    assert len([c for c in chunks if c["task_id"] == "t2"]) > len(worker_said)
+
+    # Chunks are shown, never stored: the messages table has what the observers saw as messages.
+    assert len(run.messages()) == len([s for s in seen if s["channel"] == "message"])
+
+
+async def test_a_run_nobody_watches_is_not_streamed(repo, monkeypatch):
+    given = []
+    complete = LLM.complete
+
+    async def spy(self, **kw):
+        given.append(kw.get("on_chunk"))
+        return await complete(self, **kw)
+
+    monkeypatch.setattr(LLM, "complete", spy)
+    run = orch_for(repo, "unwatched", STREAMING).start("write a.txt")
+    assert await run.wait(60) == RunStatus.COMPLETED, run.summary()
+    assert len(given) >= 5 and given == [None] * len(given)
