@@ -134,6 +134,16 @@ class Task:
     created_at: _dt.datetime = field(default_factory=utcnow)
     updated_at: _dt.datetime = field(default_factory=utcnow)
 
+    def _repr_html_(self) -> str:
+        from .widgets._static import task_html
+
+        return task_html(self)
+
+    def _repr_markdown_(self) -> str:
+        from .widgets._static import task_markdown
+
+        return task_markdown(self)
+
     def copy(self) -> Task:
         return dataclasses.replace(
             self,

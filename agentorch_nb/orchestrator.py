@@ -168,6 +168,13 @@ class Orchestrator:
         rows = self.store.rows("select run_id from runs order by created_at desc")
         return [Run(self, r["run_id"]) for r in rows]
 
+    def dashboard(self):
+        """The store's dashboard widget: its runs with their progress, a New Run form, and
+        the human queue (every task of every run that waits for a person)."""
+        from .widgets import OrchestratorDashboard
+
+        return OrchestratorDashboard(self)
+
     def sql(self, query: str, params: list | None = None):
         """A pandas DataFrame of ``query`` over this orchestrator's store."""
         return self.store.query(query, params)
@@ -192,6 +199,35 @@ class Run:
         s = self.summary()
         done = s["counts"].get("complete", 0)
         return f"<Run {self.id} {s['status']} {done}/{s['tasks']} complete: {s['objective'][:60]!r}>"
+
+    # ------------------------------------------------------------- display
+    def dashboard(self):
+        """This run's dashboard widget (what displaying the run shows in a notebook)."""
+        from .widgets import dashboard_for
+
+        return dashboard_for(self)
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, Any]:
+        """The live dashboard where widgets render; a status table and a static SVG of the
+        DAG (and Markdown) for nbconvert, GitHub and papermill output."""
+        from .widgets._static import run_html, run_markdown
+
+        summary, tasks = self.summary(), self.tasks
+        bundle = self.dashboard()._repr_mimebundle_(include=include, exclude=exclude) \
+            if _in_kernel() else {}
+        bundle.update({"text/plain": repr(self), "text/html": run_html(summary, tasks),
+                       "text/markdown": run_markdown(summary, tasks)})
+        return bundle
+
+    def _repr_html_(self) -> str:
+        from .widgets._static import run_html
+
+        return run_html(self.summary(), self.tasks)
+
+    def _repr_markdown_(self) -> str:
+        from .widgets._static import run_markdown
+
+        return run_markdown(self.summary(), self.tasks)
 
     @property
     def _engine(self) -> Engine | None:
@@ -378,6 +414,17 @@ class Run:
             raise ResolutionError(
                 f"cannot resolve task {payload['task_id']!r}: it is {rows[0]['status']}, "
                 "and only waiting_human tasks take a resolution")
+
+
+def _in_kernel() -> bool:
+    """Is this a Jupyter kernel, where a widget has a front end to talk to?"""
+    import sys
+
+    if "ipykernel" not in sys.modules:
+        return False
+    from ipykernel.kernelapp import IPKernelApp
+
+    return IPKernelApp.initialized()
 
 
 def _ended(engine: Engine) -> bool:

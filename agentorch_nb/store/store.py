@@ -198,6 +198,10 @@ class Store:
     def rows(self, sql: str, params: list | None = None) -> list[dict[str, Any]]:
         return self.call_sync(lambda con: _dicts(con.execute(sql, params or [])))
 
+    async def arows(self, sql: str, params: list | None = None) -> list[dict[str, Any]]:
+        """:meth:`rows` for a coroutine: the loop goes on while the store thread reads."""
+        return await self.call(lambda con: _dicts(con.execute(sql, params or [])))
+
     # -------------------------------------------------------------- lifecycle
     def close(self) -> None:
         with self._cond:
