@@ -35,3 +35,10 @@ __all__ = [
     "UnknownRun", "UnknownTask", "Verdict", "WorkResult", "Workspace", "WorkspaceError",
     "WrongLoop", "init_workspace", "sql",
 ]
+
+
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext agentorch_nb``: the ``%agentorch`` and ``%%agentsql`` magics."""
+    from .magics import load_ipython_extension as load
+
+    load(ipython)

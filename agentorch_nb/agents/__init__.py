@@ -65,9 +65,26 @@ class LLMTeam:
                       LLMStrategist(llm, self.checks))
 
 
-def demo_models():
-    """Models that play the offline demo script for every role."""
-    from ..llm import Models, load_script
+def demo_models(*, escalate: bool = False):
+    """Models that play the offline demo script for every role.
 
-    load_script(DEMO_SCRIPT, name="demo")
-    return Models(worker_model="scripted/demo")
+    ``escalate=True`` plays a variant for showing the human-in-the-loop path: the tests task
+    writes the same incomplete tests and is rejected on its first two attempts, so with
+    ``Config(max_retries=1)`` it waits for a human; the attempt after a human's retry adds
+    the missing test and is approved."""
+    import yaml
+
+    from ..llm import Models, load_script, register_script
+    from ..llm.scripted import parse_script
+
+    if not escalate:
+        load_script(DEMO_SCRIPT, name="demo")
+        return Models(worker_model="scripted/demo")
+    data = yaml.safe_load(DEMO_SCRIPT.read_text(encoding="utf-8"))
+    for rule in data["rules"]:
+        if rule["name"] in ("tests, first attempt", "tests lack empty input"):
+            rule["attempt"] = [1, 2]
+    script = parse_script(f"{DEMO_SCRIPT} (escalating variant)", data)
+    script.name = "demo-escalate"
+    register_script(script.name, script)
+    return Models(worker_model="scripted/demo-escalate")

@@ -1,0 +1,95 @@
+"""The notebooks under notebooks/, executed top to bottom in a real kernel by nbclient, and
+the magics in a real IPython shell."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def execute(name: str, tmp_path: Path, timeout: int = 600) -> nbformat.NotebookNode:
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nbformat.write(nb, tmp_path / name)  # kept for a look when a test fails
+    return nb
+
+
+def outputs(cell) -> list[dict]:
+    return [o for o in cell.get("outputs", []) if o.get("output_type") in ("execute_result", "display_data")]
+
+
+@pytest.mark.slow
+def test_demo_notebook_escalates_and_the_api_cell_answers(tmp_path):
+    nb = execute("demo.ipynb", tmp_path)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert errors == []
+    by_source = {c.source.splitlines()[0]: c for c in code}
+
+    # The run displays as the live dashboard, with a static fallback for nbconvert and GitHub.
+    (shown,) = outputs(by_source["run = orch.start(DEMO_OBJECTIVE)"])
+    assert WIDGET in shown["data"] and shown["data"]["text/plain"].startswith("<Run run-")
+    (final,) = outputs(by_source["run"])
+    assert final["data"][WIDGET] == shown["data"][WIDGET]  # one dashboard per run
+    assert final["data"]["text/html"].count("<rect") == 5 and "| t4 | Write pytest tests | complete" \
+        in final["data"]["text/markdown"]
+
+    paused = outputs(by_source["status = await run.wait(timeout=300)"])[0]["data"]["text/plain"]
+    assert paused == "<RunStatus.PAUSED: 'paused'>"
+    waiting = outputs(by_source["run.interrupts()"])[0]["data"]["text/plain"]
+    assert "retries_exhausted" in waiting and "'t4'" in waiting
+
+    done = outputs(by_source["for waiting in run.interrupts():"])[0]["data"]["text/plain"]
+    assert done == "<RunStatus.COMPLETED: 'completed'>"
+
+    # The %%agentsql cell: the tests task took three attempts, the third with the human's words.
+    table = outputs(by_source["%%agentsql"])[0]["data"]["text/html"]
+    assert table.count("Write pytest tests") == 3 and "count_words('')" in table
+    assert outputs(by_source["orch.dashboard()"])[0]["data"][WIDGET]
+
+
+@pytest.mark.slow
+def test_magics_start_inspect_and_query_runs(tmp_path, repo):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    try:
+        shell.run_line_magic("load_ext", "agentorch_nb")
+        run = shell.run_line_magic(
+            "agentorch", f'start "Add a --json flag" --workspace {repo} --model demo --workers 2')
+        assert run.wait_sync(120).value == "completed"
+        assert shell.run_line_magic("agentorch", "status") is run
+        runs = shell.run_line_magic("agentorch", "runs")
+        assert list(runs.run_id) == [run.id] and runs.status[0] == "completed"
+        frame = shell.run_cell_magic("agentsql", "", "select count(*) as n from tasks")
+        assert frame.n[0] == len(run.tasks) > 1
+        store = repo / ".agentorch" / "agentorch.duckdb"
+        frame = shell.run_cell_magic("agentsql", f"--store {store}",
+                                     "select status from runs where run_id = 'x'")
+        assert len(frame) == 0
+        with pytest.raises(Exception, match="usage: %%agentsql"):
+            shell.run_cell_magic("agentsql", "--stor x", "select 1")
+        with pytest.raises(Exception, match="invalid choice: 'stat'"):
+            shell.run_line_magic("agentorch", "stat")
+    finally:
+        InteractiveShell.clear_instance()
+
+
+def test_importing_the_package_does_not_patch_asyncio():
+    """nest_asyncio is never applied: a synchronous call that would have to wait inside the
+    running loop refuses instead, naming the async call to use (see README)."""
+    import subprocess
+    import sys
+
+    probe = ("import asyncio, agentorch_nb, agentorch_nb.widgets, agentorch_nb.magics;"
+             "print(asyncio.run.__module__, hasattr(asyncio, '_nest_patched'),"
+             "'nest_asyncio' in __import__('sys').modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["asyncio.runners", "False", "False"]
