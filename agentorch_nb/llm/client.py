@@ -267,7 +267,8 @@ class LLM:
 
             reply = await llm.complete(role="worker", messages=msgs, on_chunk=print)
         """
-        litellm = litellm_module()
+        # The first import takes seconds: on a thread, so the loop (a kernel's) goes on.
+        litellm = _litellm_mod or await asyncio.to_thread(litellm_module)
         m = self.models
         profile = None if profile is None else str(getattr(profile, "value", profile))
         model = m.model_for(role, profile)
