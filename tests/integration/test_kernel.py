@@ -65,15 +65,18 @@ from agentorch_nb.testing import Agents, TestDirector, TestWorker, TestStrategis
 orch = ao.Orchestrator({str(repo)!r}, agents=Agents(TestDirector(random_dag(60, seed=4, max_deps=1)),
                        TestWorker(latency=0.3), TestStrategist()))
 run = orch.start("busy run")
+display(run)  # the live dashboard: its updates cross the same channels as the cells
 """)
         time.sleep(1.0)
         assert execute(kc, "print(run.summary()['counts']['active'])").strip() == "5"
+        execute(kc, "board = run.dashboard(); board.select(board.hitl.active.options[0])")
         timings = []
         for _ in range(10):
             t = time.perf_counter()
             execute(kc, "1 + 1")
             timings.append(time.perf_counter() - t)
         assert max(timings) < 0.1, f"slowest cell round trip {max(timings) * 1000:.0f} ms"
+        assert execute(kc, "print(len(board.dag._nodes), board.feed.errors)").strip() == "60 []"
         execute(kc, "run.cancel(); await run.wait(10)")
     finally:
         kc.stop_channels()
