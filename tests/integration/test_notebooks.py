@@ -93,3 +93,20 @@ def test_importing_the_package_does_not_patch_asyncio():
              "'nest_asyncio' in __import__('sys').modules)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["asyncio.runners", "False", "False"]
+
+
+@pytest.mark.slow
+def test_papermill_runs_an_objective_as_a_batch_job(tmp_path, repo):
+    import papermill
+
+    out = tmp_path / "out.ipynb"
+    papermill.execute_notebook(str(NOTEBOOKS / "run_objective.ipynb"), str(out), kernel_name="python3",
+                               parameters={"workspace": str(repo), "workers": 2}, progress_bar=False)
+    nb = nbformat.read(out, as_version=4)
+    assert "run run-" in nb.cells[-1].outputs[0]["text"] and "completed" in nb.cells[-1].outputs[0]["text"]
+    assert (repo / "wordstats" / "__init__.py").exists()  # the work was merged into the repository
+    # A run that does not complete fails the job, naming what waits.
+    with pytest.raises(papermill.PapermillExecutionError, match="waiting for a human"):
+        papermill.execute_notebook(str(NOTEBOOKS / "run_objective.ipynb"), str(tmp_path / "f.ipynb"),
+                                   kernel_name="python3", progress_bar=False,
+                                   parameters={"max_retries": 0, "workers": 2})
