@@ -133,10 +133,30 @@ class RunFeed:
         for fn in list(self._subscribers):
             try:
                 fn(batch)
-            except Exception as exc:  # noqa: BLE001 - shown in the dashboard, not lost in a log
-                self.errors.append(f"{type(exc).__name__}: {exc}")
-                log.error("updating a widget of run %s failed:\n%s", self.run.id,
-                          traceback.format_exc())
+            except Exception as exc:  # noqa: BLE001 - shown and stored, not lost in a log
+                self.report("updating a widget", exc)
+
+    def spawn(self, coro) -> asyncio.Task:
+        """Run a widget's background read on the loop; its failure is reported, not lost."""
+        task = asyncio.get_running_loop().create_task(coro)
+
+        def done(t: asyncio.Task) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                self.report("reading the store for a widget", t.exception())
+                self.publish(Batch())  # let the dashboard show it
+
+        task.add_done_callback(done)
+        return task
+
+    def report(self, doing: str, exc: BaseException) -> None:
+        """A failure behind the widgets: shown at the top of the dashboard, and stored as a
+        ``dashboard_error`` event of the run while an engine here drives it."""
+        text = f"{doing} failed: {type(exc).__name__}: {exc}"
+        self.errors.append(text)
+        log.error("run %s: %s\n%s", self.run.id, text,
+                  "".join(traceback.format_exception(exc)))
+        if self.live:
+            self._engine._emit("dashboard_error", None, error=text)
 
     # --------------------------------------------------------------- reading
     def _load(self) -> dict[str, Any]:

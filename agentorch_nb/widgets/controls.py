@@ -137,7 +137,7 @@ class RunHeader(ipw.VBox):
                 not force and loop.time() - self._last_spend_read < SPEND_EVERY):
             return
         self._last_spend_read = loop.time()
-        self._spend_read = loop.create_task(self._spend_now())
+        self._spend_read = self.feed.spawn(self._spend_now())
 
     async def _spend_now(self) -> None:
         store, run_id = self.run.store, self.run.id

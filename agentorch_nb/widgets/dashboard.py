@@ -139,7 +139,11 @@ class OrchestratorDashboard(ipw.VBox):
         except RuntimeError:
             self._show(self.orch.store.rows(RUNS_SQL), self.orch.store.rows(QUEUE_SQL))
             return
-        loop.create_task(self._refresh())
+        loop.create_task(self._refresh()).add_done_callback(self._refreshed)
+
+    def _refreshed(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.message.value = f"reading the store failed: {task.exception()}"
 
     async def _refresh(self) -> None:
         store = self.orch.store

@@ -105,21 +105,14 @@ class TaskInspector(anywidget.AnyWidget):
         elif content.get("kind") == "diff":
             self.open_diff(int(content["attempt"]))
 
-    def open_conversation(self, attempt: int, page: int = 0) -> asyncio.Task | None:
+    def open_conversation(self, attempt: int, page: int = 0) -> asyncio.Task:
         return self._load(self._read_page(self.task_id, attempt, page))
 
-    def open_diff(self, attempt: int) -> asyncio.Task | None:
+    def open_diff(self, attempt: int) -> asyncio.Task:
         return self._load(self._read_diff(self.task_id, attempt))
 
-    def _load(self, coro) -> asyncio.Task | None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # plain Python, no loop here: read now
-            from .._loop import background_loop
-
-            asyncio.run_coroutine_threadsafe(coro, background_loop()).result()
-            return None
-        self.loading = loop.create_task(coro)
+    def _load(self, coro) -> asyncio.Task:
+        self.loading = self.feed.spawn(coro)
         return self.loading
 
     async def _read_page(self, task_id: str, attempt: int, page: int) -> None:
@@ -192,7 +185,7 @@ class LogView(anywidget.AnyWidget):
         self.send({"kind": "reset", "task_id": task_id, "messages": []})
         if task_id:
             self._loading_for = task_id
-            self.loading = asyncio.get_running_loop().create_task(self._read(task_id))
+            self.loading = self.feed.spawn(self._read(task_id))
 
     async def _read(self, task_id: str) -> None:
         store, run_id = self.feed.run.store, self.feed.run.id

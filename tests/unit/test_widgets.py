@@ -322,3 +322,24 @@ def _walk(widget):
     yield widget
     for child in getattr(widget, "children", ()):
         yield from _walk(child)
+
+
+async def test_a_failure_behind_the_widgets_is_shown_and_stored(orch_factory, monkeypatch):
+    run = orch_factory(chain("a"), worker=TestWorker(fail=lambda t, c: "no"), max_retries=0).start("x")
+    board = RunDashboard(run)
+    assert await run.wait(10) == RunStatus.PAUSED
+    board.select("t1")
+    await asyncio.gather(board.inspector.loading, board.live_log.loading)
+
+    async def broken(*args, **kwargs):
+        raise OSError("the disk went away")
+
+    monkeypatch.setattr(run.store, "arows", broken)
+    with pytest.raises(OSError):
+        await board.inspector.open_diff(1)
+    await asyncio.sleep(0)  # the task's done callback
+    assert "the disk went away" in board.problems.value
+    monkeypatch.undo()
+    events = run.events()
+    (stored,) = events[events.kind == "dashboard_error"].payload
+    assert "reading the store for a widget failed: OSError: the disk went away" in stored
