@@ -300,12 +300,12 @@ class Notebook:
     def cells(self) -> list[dict[str, Any]]:
         return self._js("cells")
 
-    def index_of(self, text: str) -> int:
-        """The index of the first cell whose source contains ``text``."""
+    def index_of(self, text: str, cell_type: str = "code") -> int:
+        """The index of the first cell of ``cell_type`` whose source contains ``text``."""
         for cell in self.cells():
-            if text in cell["source"]:
+            if cell["type"] == cell_type and text in cell["source"]:
                 return cell["index"]
-        raise LookupError(f"no cell of {self.path} contains {text!r}")
+        raise LookupError(f"no {cell_type} cell of {self.path} contains {text!r}")
 
     def command(self, command_id: str, args: dict | None = None) -> None:
         """Start a JupyterLab command on this notebook (``notebook:run-all-cells``, ...)."""
