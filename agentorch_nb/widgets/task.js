@@ -35,6 +35,7 @@ function messageView(m) {
 function renderInspector(model, el) {
   const root = h("div", { class: "ao-inspector" });
   el.append(root);
+  const add = (...parts) => root.append(...parts.flat().filter((p) => p !== null && p !== undefined && p !== false));
 
   function draw() {
     const t = model.get("task");
@@ -43,11 +44,11 @@ function renderInspector(model, el) {
     const error = model.get("error");
     root.replaceChildren();
     if (!t || !t.id) {
-      root.append(h("p", { class: "ao-muted" }, "Click a task in the graph to inspect it."));
+      add(h("p", { class: "ao-muted" }, "Click a task in the graph to inspect it."));
       return;
     }
     const palette = model.get("palette");
-    root.append(
+    add(
       h("div", { class: "ao-insp-title" }, h("b", {}, `${t.id}: ${t.title}`), " ",
         h("span", { class: "ao-badge", style: `background:${palette[t.status] || "#ccc"}` }, t.status)),
       t.status_reason ? h("div", { class: "ao-muted" }, t.status_reason) : null,
@@ -67,22 +68,22 @@ function renderInspector(model, el) {
         h("td", {},
           h("button", { class: "ao-open-conversation", onclick: () => model.send({ kind: "conversation", attempt: a.number, page: 0 }) }, "Conversation"),
           a.has_diff ? h("button", { class: "ao-open-diff", onclick: () => model.send({ kind: "diff", attempt: a.number }) }, "Diff") : null)));
-    root.append(t.attempts.length
+    add(t.attempts.length
       ? h("table", { class: "ao-attempts" },
           h("thead", {}, h("tr", {}, ["#", "outcome", "why", "spent", ""].map((x) => h("th", {}, x)))),
           h("tbody", {}, rows))
       : h("p", { class: "ao-muted" }, "No attempt yet."));
-    if (error) root.append(h("div", { class: "ao-error" }, error));
+    if (error) add(h("div", { class: "ao-error" }, error));
     if (conv && conv.messages) {
       const pager = h("div", { class: "ao-pager" },
         h("b", {}, `Attempt ${conv.attempt}: ${conv.total} messages`), " ",
         h("button", { disabled: conv.page <= 0 ? "" : null, onclick: () => model.send({ kind: "conversation", attempt: conv.attempt, page: conv.page - 1 }) }, "‹"),
         ` page ${conv.page + 1} of ${conv.pages} `,
         h("button", { disabled: conv.page + 1 >= conv.pages ? "" : null, onclick: () => model.send({ kind: "conversation", attempt: conv.attempt, page: conv.page + 1 }) }, "›"));
-      root.append(h("div", { class: "ao-conversation" }, pager, conv.messages.map(messageView)));
+      add(h("div", { class: "ao-conversation" }, pager, conv.messages.map(messageView)));
     }
     if (diff && diff.text !== undefined) {
-      root.append(h("div", { class: "ao-diff" }, h("b", {}, `Diff of attempt ${diff.attempt}`),
+      add(h("div", { class: "ao-diff" }, h("b", {}, `Diff of attempt ${diff.attempt}`),
         h("pre", {}, diff.text.split("\n").map((line) =>
           h("span", { class: line.startsWith("+") ? "ao-add" : line.startsWith("-") ? "ao-del" : "" }, line + "\n")))));
     }
