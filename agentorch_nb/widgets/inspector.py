@@ -93,6 +93,9 @@ class TaskInspector(anywidget.AnyWidget):
     def update(self, batch: Batch) -> None:
         if self.task_id and (batch.reloaded or self.task_id in batch.touched()):
             self._render()
+            if any(e["kind"] == "attempt_finished" and e["task_id"] == self.task_id
+                   for e in batch.events):
+                self.feed.spawn(self._read_spend(self.task_id))  # what the attempt cost
 
     def _render(self) -> None:
         task = self.feed.task(self.task_id) if self.task_id else None
