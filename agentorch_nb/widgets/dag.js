@@ -208,6 +208,9 @@ class DagView {
   receive(msg) {
     if (!msg || (msg.kind !== "snapshot" && msg.kind !== "diff")) return;
     if (msg.kind === "snapshot") {
+      // Another view's sync answers every view: one that already shows this version keeps
+      // what it has (a rebuild costs a few hundred ms at 2,000 tasks).
+      if (msg.version === this.version && this.queue.length === 0) return;
       this.queue.length = 0; // a snapshot replaces everything queued before it
     } else if (this.queue.length >= MAX_QUEUE) {
       this.queue.length = 0;
@@ -540,7 +543,7 @@ class DagView {
   refusal(task, dep) {
     if (this.edges.has(edgeKey(dep, task))) return `refused: ${task} already depends on ${dep}`;
     const cycle = task === dep ? [task, task] : this.cyclePath(task, dep);
-    return cycle ? `refused: ${cycle.join(" -> ")} would be a cycle` : "";
+    return cycle ? `refused: this dependency would close the cycle ${cycle.join(" -> ")}` : "";
   }
 
   cyclePath(task, dep) {
