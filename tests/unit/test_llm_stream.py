@@ -14,7 +14,8 @@ import pytest
 from agentorch_nb.engine.protocols import Context
 from agentorch_nb.llm import LLM, LLMCallFailed, Models, RateLimiter, litellm_module, register_script
 from agentorch_nb.llm.streaming import stream_params
-from agentorch_nb.store import Store
+
+from .test_llm import llm_rows, store  # noqa: F401 - the same store fixture and reader
 
 RUN = "run-stream"
 TOOLS = [{"type": "function", "function": {"name": "write_file", "parameters": {"type": "object"}}}]
@@ -29,18 +30,6 @@ def llm_for(script: str, store=None, **models) -> LLM:
     settings = {"worker_model": f"scripted/{script}", "backoff_base": 0.0, **models}
     return LLM(Models(**settings), store=store, run_id=RUN if store else None,
                limiter=RateLimiter(max_concurrent=8))
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store.open(tmp_path / "stream.duckdb", flush_interval=0.01)
-    yield s
-    s.close()
-
-
-def llm_rows(store: Store) -> list[dict]:
-    store.flush_sync(timeout=10)
-    return store.rows("select * from llm_calls order by ts")
 
 
 async def test_a_streamed_scripted_reply_is_the_plain_reply_in_pieces(store):
