@@ -72,6 +72,9 @@ class RunHeader(ipw.VBox):
         self.cancel = _button("Cancel", "ao-cancel", "danger", "stop every attempt and end the run")
         self.restart = _button("Restart", "ao-restart", "", "continue the run from the store")
         self.replan = _button("Replan", "ao-replan", "", "ask the Director to plan the objective again")
+        self.reload = _button("Reload", "ao-reload", "", "read the run again from the store "
+                              "(for a run another process drives)")
+        self.reload.on_click(lambda _: _say(self.message, self.feed.reload, "reloaded"))
         self.cancel.on_click(lambda _: _say(self.message, self.run.cancel, "cancel requested"))
         self.replan.on_click(lambda _: _say(self.message, self.run.replan, "replanning"))
         self.restart.on_click(lambda _: self.do_restart())
@@ -81,7 +84,8 @@ class RunHeader(ipw.VBox):
         self._ticker: asyncio.TimerHandle | None = None
         super().__init__([self.title, ipw.HBox([self.status]), self.progress,
                           ipw.HBox([self.spend]), self.models,
-                          ipw.HBox([self.cancel, self.restart, self.replan, self.message])])
+                          ipw.HBox([self.cancel, self.restart, self.replan, self.reload,
+                                    self.message])])
         self.add_class("ao-run-header")
         feed.subscribe(self.update)
         self.update(Batch(reloaded=True))
@@ -105,6 +109,7 @@ class RunHeader(ipw.VBox):
         live = self.feed.live and not RunStatus(s["status"]).finished
         self.cancel.disabled, self.restart.disabled = not live, live
         self.replan.disabled = not live
+        self.reload.layout.display = "none" if self.feed.live else None
         m = config.models
         roles = {"director": m.model_for("director"), "worker": m.model_for("worker"),
                  "strategist": m.model_for("strategist")}

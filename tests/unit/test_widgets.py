@@ -343,3 +343,45 @@ async def test_a_failure_behind_the_widgets_is_shown_and_stored(orch_factory, mo
     events = run.events()
     (stored,) = events[events.kind == "dashboard_error"].payload
     assert "reading the store for a widget failed: OSError: the disk went away" in stored
+
+
+async def test_restart_from_the_header_follows_the_new_engine(orch_factory):
+    started = asyncio.Event()
+
+    class FirstTimeSlow(TestWorker):
+        async def run(self, task, ctx):
+            if task.id == "t2" and ctx.attempt == 1:
+                started.set()
+                await asyncio.sleep(30)
+            return await super().run(task, ctx)
+
+    run = orch_factory(chain("a", "b", "c"), worker=FirstTimeSlow()).start("restart")
+    board = RunDashboard(run)
+    await started.wait()
+    board.header.cancel.click()
+    assert await run.wait(10, stop_on_pause=False) == RunStatus.CANCELLED
+    await settle(board)
+    assert board.header.restart.disabled is False and board.header.cancel.disabled
+    first = board.feed.engine
+    board.header.restart.click()
+    assert board.header.message.value == "restarted" and board.feed.engine is not first
+    assert await run.wait(10) == RunStatus.COMPLETED
+    await settle(board)
+    assert {n["status"] for n in board.dag._nodes.values()} == {"complete"}
+    assert board.header.status.value.startswith("completed · 3/3 done")
+
+
+async def test_a_run_no_engine_drives_here_is_read_from_the_store(orch_factory):
+    from agentorch_nb import orchestrator
+
+    orch = orch_factory(chain("a", "b"))
+    run = orch.start("stored")
+    assert await run.wait(10) == RunStatus.COMPLETED
+    await asyncio.sleep(0.1)
+    orchestrator._LIVE.clear()  # as in another kernel: only the store knows the run
+    board = RunDashboard(orch.run(run.id))
+    assert not board.feed.live and board.header.reload.layout.display is None
+    assert [n["status"] for n in board.dag._nodes.values()] == ["complete", "complete"]
+    assert board.header.status.value.startswith("completed · 2/2 done")
+    board.header.reload.click()
+    assert board.header.message.value == "reloaded"
