@@ -86,15 +86,18 @@ class RunFeed:
             return True
         if engine is self._engine:
             return False
-        if self._engine is not None and self._observe in self._engine.observers:
-            self._engine.observers.remove(self._observe)
+        self._drop_engine()
         self._engine, self._stored = engine, None
         engine.observers.append(self._observe)
         return True
 
-    def close(self) -> None:
+    def _drop_engine(self) -> None:
         if self._engine is not None and self._observe in self._engine.observers:
             self._engine.observers.remove(self._observe)
+        self._engine = None
+
+    def close(self) -> None:
+        self._drop_engine()
         if self._timer is not None:
             self._timer.cancel()
         self._subscribers.clear()
@@ -109,9 +112,8 @@ class RunFeed:
         target.append(item)
         if channel == "event" and item["kind"] == "run_status":
             self._finished_at = item["ts"]
-        if self._timer is None:
-            loop = self._engine.loop if self._engine is not None else asyncio.get_running_loop()
-            self._timer = loop.call_later(self.interval, self.flush)
+        if self._timer is None:  # observers are called on the engine's loop
+            self._timer = asyncio.get_running_loop().call_later(self.interval, self.flush)
 
     def flush(self) -> None:
         """Hand what is pending to the widgets now."""
@@ -125,7 +127,8 @@ class RunFeed:
         """Read the state anew: after a restart in this process, or to see what another
         process did to a run it drives."""
         if self.run._engine is None:
-            self._engine, self._stored = None, None
+            self._stored = None
+            self._drop_engine()
         self.attach()
         self.publish(Batch(reloaded=True))
 
