@@ -17,19 +17,23 @@ function h(tag, attrs = {}, ...children) {
   return el;
 }
 
+// An assistant message's tool calls as the worker records them (OpenAI's shape: a function
+// name and its arguments as a JSON string).
 function toolCalls(meta) {
-  const calls = (meta && (meta.tool_calls || (meta.tool ? [meta] : []))) || [];
-  return calls.map((c) =>
-    h("div", { class: "ao-toolcall" }, "→ ", c.name || c.tool || "tool", " ",
-      h("code", {}, JSON.stringify(c.arguments ?? c.args ?? {}).slice(0, 400))));
+  return ((meta && meta.tool_calls) || []).map((c) => {
+    const fn = c.function || c;
+    const args = typeof fn.arguments === "string" ? fn.arguments : JSON.stringify(fn.arguments ?? {});
+    return h("div", { class: "ao-toolcall" }, "→ ", fn.name || "tool", " ", h("code", {}, args.slice(0, 400)));
+  });
 }
 
 function messageView(m) {
+  const meta = m.metadata || {};
   return h("div", { class: `ao-msg ao-role-${m.role}` },
-    h("div", { class: "ao-msg-head" }, m.role, m.ts ? ` · ${m.ts}` : "",
-      m.attempt ? ` · attempt ${m.attempt}` : ""),
+    h("div", { class: "ao-msg-head" }, m.role, meta.name ? ` ← ${meta.name}` : "",
+      m.ts ? ` · ${m.ts}` : "", m.attempt ? ` · attempt ${m.attempt}` : ""),
     h("pre", { class: "ao-msg-body" }, m.content || ""),
-    toolCalls(m.metadata));
+    toolCalls(meta));
 }
 
 function renderInspector(model, el) {

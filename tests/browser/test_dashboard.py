@@ -200,5 +200,16 @@ def test_demo_notebook_escalates_and_the_hitl_panel_retries(lab, open_notebook):
         f"where run_id = ? and task_id = ?', [run.id, {task['id']!r}]).to_dict('records')))"))
     assert [r["source"] for r in rows] == ["widget"]
     assert guidance in rows[0]["payload"]
+
+    # The inspector loads the approved attempt's conversation (with the worker's tool calls)
+    # and its diff from the store when asked.
+    inspector = dashboard.locator(".ao-inspector")
+    expect(inspector.locator("tr[data-attempt]")).to_have_count(3, timeout=10_000)
+    inspector.locator("tr[data-attempt='3'] .ao-open-conversation").click()
+    expect(inspector.locator(".ao-conversation .ao-toolcall").first).to_contain_text(
+        "write_file", timeout=10_000)
+    inspector.locator("tr[data-attempt='3'] .ao-open-diff").click()
+    expect(inspector.locator(".ao-diff")).to_contain_text("+def test_empty_input_has_no_words",
+                                                          timeout=10_000)
     dag.scroll_into_view_if_needed()
     assert nb.page_errors == []
