@@ -123,14 +123,22 @@ class RunFeed:
         batch, self._pending = self._pending, Batch()
         self.publish(batch)
 
-    def reload(self) -> None:
-        """Read the state anew: after a restart in this process, or to see what another
-        process did to a run it drives."""
-        if self.run._engine is None:
-            self._stored = None
+    def reload(self) -> asyncio.Task | None:
+        """Read the state anew: after a restart in this process (follow the new engine), or
+        to see what another process did to a run it drives (read on a thread: the store may
+        be busy, and the loop serves other runs and cells meanwhile)."""
+        if self.run._engine is not None:
+            self.attach()
+            self.publish(Batch(reloaded=True))
+            return None
+
+        async def read() -> None:
+            stored = await asyncio.to_thread(self._load)
             self._drop_engine()
-        self.attach()
-        self.publish(Batch(reloaded=True))
+            self._stored = stored
+            self.publish(Batch(reloaded=True))
+
+        return self.spawn(read())
 
     def publish(self, batch: Batch) -> None:
         for fn in list(self._subscribers):

@@ -74,7 +74,7 @@ class RunHeader(ipw.VBox):
         self.replan = _button("Replan", "ao-replan", "", "ask the Director to plan the objective again")
         self.reload = _button("Reload", "ao-reload", "", "read the run again from the store "
                               "(for a run another process drives)")
-        self.reload.on_click(lambda _: _say(self.message, self.feed.reload, "reloaded"))
+        self.reload.on_click(lambda _: _say(self.message, self.feed.reload, "reloading from the store"))
         self.cancel.on_click(lambda _: _say(self.message, self.run.cancel, "cancel requested"))
         self.replan.on_click(lambda _: _say(self.message, self.run.replan, "replanning"))
         self.restart.on_click(lambda _: self.do_restart())

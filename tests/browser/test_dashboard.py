@@ -189,6 +189,16 @@ def test_demo_notebook_escalates_and_the_hitl_panel_retries(lab, open_notebook):
     click_node(dag, task["id"])
     expect_inspector_shows(dashboard, task)
 
+    # Link mode on the demo's graph: the waiting task is also made to wait for the plan task
+    # t1 (complete, upstream of everything, so no cycle); the kernel's graph agrees.
+    assert "t1" not in task["depends_on"]
+    dag.locator(".ao-link-toggle").click()
+    click_node(dag, "t1")
+    click_node(dag, task["id"])
+    expect(dag.locator(f'path.ao-edge[data-from="t1"][data-to="{task["id"]}"]')).to_have_count(1)
+    assert "t1" in kernel_tasks(nb)[task["id"]]["depends_on"]
+    dag.locator(".ao-link-toggle").click()
+
     guidance = "Add a test that count_words('') is {}."
     retry_in_hitl_panel(dashboard, task["id"], task["title"], guidance)
     wait_for_run(nb, "completed", timeout=120)
