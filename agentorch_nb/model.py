@@ -135,12 +135,12 @@ class Task:
     updated_at: _dt.datetime = field(default_factory=utcnow)
 
     def _repr_html_(self) -> str:
-        from .widgets._static import task_html
+        from .render import task_html  # here: render imports this module
 
         return task_html(self)
 
     def _repr_markdown_(self) -> str:
-        from .widgets._static import task_markdown
+        from .render import task_markdown
 
         return task_markdown(self)
 

@@ -4,7 +4,7 @@
     orch.dashboard()         # every run of the store, a New Run form, the human queue
 
 Where widgets cannot render (nbconvert, GitHub, papermill output), runs and tasks fall back
-to a status table and a static SVG of the DAG (:mod:`._static`).
+to a status table and a static SVG of the DAG (:mod:`agentorch_nb.render`).
 """
 
 from .controls import HitlPanel, RunHeader

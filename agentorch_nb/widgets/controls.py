@@ -10,41 +10,19 @@ import asyncio
 import datetime as _dt
 import html
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import ipywidgets as ipw
 
-from ..exceptions import AgentorchError
 from ..model import Interrupt, RunStatus, Task, TaskStatus, utcnow
+from ..render import counts_line
 from ._feed import Batch, RunFeed
-from ._static import counts_line
+from .actions import button, perform
 
 if TYPE_CHECKING:
     from ..orchestrator import Run
 
 SPEND_EVERY = 2.0  # seconds between reads of what the run's LLM calls cost
-
-
-def _button(label: str, css: str, style: str = "", tip: str = "") -> ipw.Button:
-    b = ipw.Button(description=label, button_style=style, tooltip=tip or label,
-                   layout=ipw.Layout(width="auto"))
-    b.add_class(css)
-    return b
-
-
-def _say(label: ipw.Label, fn: Callable[[], Any], done: str | None = None) -> bool:
-    """Run a user's action; show its refusal (or ``done``) in ``label``."""
-    try:
-        fn()
-    except AgentorchError as exc:
-        label.value = f"refused: {exc}"
-        label.remove_class("ao-ok")
-        label.add_class("ao-refused")
-        return False
-    label.value = done or ""
-    label.remove_class("ao-refused")
-    label.add_class("ao-ok")
-    return True
 
 
 def _elapsed(start: _dt.datetime | None, end: _dt.datetime | None) -> str:
@@ -69,14 +47,14 @@ class RunHeader(ipw.VBox):
         self.spend = ipw.Label()
         self.models = ipw.Label()
         self.message = ipw.Label()
-        self.cancel = _button("Cancel", "ao-cancel", "danger", "stop every attempt and end the run")
-        self.restart = _button("Restart", "ao-restart", "", "continue the run from the store")
-        self.replan = _button("Replan", "ao-replan", "", "ask the Director to plan the objective again")
-        self.reload = _button("Reload", "ao-reload", "", "read the run again from the store "
+        self.cancel = button("Cancel", "ao-cancel", "danger", "stop every attempt and end the run")
+        self.restart = button("Restart", "ao-restart", "", "continue the run from the store")
+        self.replan = button("Replan", "ao-replan", "", "ask the Director to plan the objective again")
+        self.reload = button("Reload", "ao-reload", "", "read the run again from the store "
                               "(for a run another process drives)")
-        self.reload.on_click(lambda _: _say(self.message, self.feed.reload, "reloading from the store"))
-        self.cancel.on_click(lambda _: _say(self.message, self.run.cancel, "cancel requested"))
-        self.replan.on_click(lambda _: _say(self.message, self.run.replan, "replanning"))
+        self.reload.on_click(lambda _: perform(self.message, self.feed.reload, "reloading from the store"))
+        self.cancel.on_click(lambda _: perform(self.message, self.run.cancel, "cancel requested"))
+        self.replan.on_click(lambda _: perform(self.message, self.run.replan, "replanning"))
         self.restart.on_click(lambda _: self.do_restart())
         self._spent = {"tokens": 0, "cost": 0.0}
         self._spend_read: asyncio.Task | None = None
@@ -91,7 +69,7 @@ class RunHeader(ipw.VBox):
         self.update(Batch(reloaded=True))
 
     def do_restart(self) -> None:
-        if _say(self.message, self.run.restart, "restarted") and self.on_restart is not None:
+        if perform(self.message, self.run.restart, "restarted") and self.on_restart is not None:
             self.on_restart()
 
     def update(self, batch: Batch) -> None:
@@ -162,7 +140,7 @@ class HitlPanel(ipw.VBox):
         self.heading = ipw.HTML()
         self.cards = ipw.VBox()
         self.active = ipw.Dropdown(description="Active task", options=[])
-        self.interrupt = _button("Force interrupt", "ao-interrupt", "warning",
+        self.interrupt = button("Force interrupt", "ao-interrupt", "warning",
                                  "stop the attempt now and hand the task to a human")
         self.message = ipw.Label()
         self.message.add_class("ao-hitl-message")
@@ -208,9 +186,9 @@ class HitlPanel(ipw.VBox):
             "spawn_deps": ipw.Text(", ".join(task.depends_on), description="Depends on", layout=wide),
             "spawn_replace": ipw.Checkbox(True, description="replaces this task", indent=False),
         }
-        retry = _button("Retry", "ao-retry", "success", "try again with these changes")
-        abandon = _button("Abandon", "ao-abandon", "danger", "give the task up")
-        spawn = _button("Spawn", "ao-spawn", "info", "create a new task instead")
+        retry = button("Retry", "ao-retry", "success", "try again with these changes")
+        abandon = button("Abandon", "ao-abandon", "danger", "give the task up")
+        spawn = button("Spawn", "ao-spawn", "info", "create a new task instead")
         retry.on_click(lambda _: self.retry(task.id))
         abandon.on_click(lambda _: self.abandon(task.id))
         spawn.on_click(lambda _: self.spawn(task.id))
@@ -236,18 +214,18 @@ class HitlPanel(ipw.VBox):
         changes = {"description": f["description"].value, "acceptance_criteria": criteria}
         if f["guidance"].value.strip():
             changes["guidance"] = f["guidance"].value.strip()
-        return _say(self.message, lambda: self.run.resolve(task_id, "retry", source="widget", **changes),
+        return perform(self.message, lambda: self.run.resolve(task_id, "retry", source="widget", **changes),
                     f"{task_id}: retrying")
 
     def abandon(self, task_id: str) -> bool:
         cascade = self.forms[task_id]["cascade"].value
-        return _say(self.message, lambda: self.run.resolve(task_id, "abandon", source="widget",
+        return perform(self.message, lambda: self.run.resolve(task_id, "abandon", source="widget",
                                                            cascade=cascade), f"{task_id}: abandoned")
 
     def spawn(self, task_id: str) -> bool:
         f = self.forms[task_id]
         deps = [d.strip() for d in f["spawn_deps"].value.split(",") if d.strip()]
-        return _say(self.message, lambda: self.run.resolve(
+        return perform(self.message, lambda: self.run.resolve(
             task_id, "spawn", source="widget", title=f["spawn_title"].value,
             description=f["spawn_description"].value, depends_on=deps,
             replace=f["spawn_replace"].value), f"{task_id}: new task spawned")
@@ -256,5 +234,5 @@ class HitlPanel(ipw.VBox):
         if not task_id:
             self.message.value = "no active task to interrupt"
             return False
-        return _say(self.message, lambda: self.run.interrupt(task_id, source="widget"),
+        return perform(self.message, lambda: self.run.interrupt(task_id, source="widget"),
                     f"{task_id}: interrupted")

@@ -19,8 +19,7 @@ import anywidget
 import traitlets
 
 from ..exceptions import AgentorchError
-from ._layout import layout
-from ._static import PALETTE
+from ..render import PALETTE, layout
 
 if TYPE_CHECKING:
     from ..model import Task

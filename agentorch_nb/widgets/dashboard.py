@@ -18,7 +18,8 @@ import ipywidgets as ipw
 from ..exceptions import AgentorchError
 from ..orchestrator import Run
 from ._feed import Batch, RunFeed
-from .controls import HitlPanel, RunHeader, _button, _say
+from .actions import button, perform
+from .controls import HitlPanel, RunHeader
 from .dag import DagView
 from .inspector import LogView, TaskInspector
 
@@ -116,7 +117,7 @@ class OrchestratorDashboard(ipw.VBox):
         self.opened = ipw.VBox()  # the dashboard of the run last opened
         self.message = ipw.Label()
         self.message.add_class("ao-dashboard-message")
-        refresh = _button("Refresh", "ao-refresh")
+        refresh = button("Refresh", "ao-refresh")
         refresh.on_click(lambda _: self.refresh())
         self.form = self._new_run_form()
         self._timer: asyncio.TimerHandle | None = None
@@ -164,7 +165,7 @@ class OrchestratorDashboard(ipw.VBox):
             ipw.Label("Nobody is needed: no task waits for a human.")]
 
     def _run_row(self, r: dict) -> ipw.Widget:
-        open_ = _button("Open", "ao-open-run")
+        open_ = button("Open", "ao-open-run")
         open_.on_click(lambda _: self.open_run(r["run_id"]))
         bar = ipw.IntProgress(value=int(r["done"]), min=0, max=max(int(r["tasks"]), 1),
                               layout=ipw.Layout(width="120px"))
@@ -174,10 +175,10 @@ class OrchestratorDashboard(ipw.VBox):
         return row
 
     def _queue_row(self, q: dict) -> ipw.Widget:
-        open_ = _button("Open run", "ao-open-run")
-        retry = _button("Retry", "ao-retry", "success")
+        open_ = button("Open run", "ao-open-run")
+        retry = button("Retry", "ao-retry", "success")
         open_.on_click(lambda _: self.open_run(q["run_id"]))
-        retry.on_click(lambda _: _say(self.message, lambda: self.orch.run(q["run_id"]).resolve(
+        retry.on_click(lambda _: perform(self.message, lambda: self.orch.run(q["run_id"]).resolve(
             q["task_id"], "retry", source="widget"), f"{q['task_id']} of {q['run_id']}: retrying")
             and self.refresh())
         row = ipw.HBox([open_, retry, ipw.Label(f"{q['run_id']} {q['task_id']}: {q['title'][:60]}"),
@@ -207,7 +208,7 @@ class OrchestratorDashboard(ipw.VBox):
                      "ollama/llama3.1"], ensure_option=False, layout=wide)
         self.concurrency = ipw.BoundedIntText(self.orch.config.max_concurrent_workers, min=1,
                                               max=64, description="Workers")
-        start = _button("Start", "ao-start", "primary")
+        start = button("Start", "ao-start", "primary")
         start.on_click(lambda _: self.start())
         return ipw.VBox([self.objective, self.workspace, self.model, ipw.HBox([self.concurrency, start])])
 
@@ -233,7 +234,7 @@ class OrchestratorDashboard(ipw.VBox):
             # (scripted test agents, say) do not apply.
             run = orch.start(self.objective.value, config=config, agents=LLMTeam())
 
-        if _say(self.message, go) and run is not None:
+        if perform(self.message, go) and run is not None:
             self.message.value = f"started {run.id}"
             self.open_run(run.id)
             self.refresh()

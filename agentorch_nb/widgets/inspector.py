@@ -17,7 +17,7 @@ import anywidget
 import traitlets
 
 from ._feed import Batch, RunFeed
-from ._static import PALETTE
+from ..render import PALETTE
 
 if TYPE_CHECKING:
     from ..model import Attempt, Task

@@ -14,8 +14,7 @@ import agentorch_nb as ao
 from agentorch_nb import RunStatus, TaskSpec, TaskStatus
 from agentorch_nb.testing import TestWorker
 from agentorch_nb.widgets import DagView, OrchestratorDashboard, RunDashboard, dashboard_for
-from agentorch_nb.widgets._layout import layout
-from agentorch_nb.widgets._static import PALETTE, dag_svg, run_html, run_markdown
+from agentorch_nb.render import PALETTE, dag_svg, layout, run_html, run_markdown
 
 from ..conftest import chain
 
