@@ -75,7 +75,7 @@ def demo_models(*, escalate: bool = False):
     import yaml
 
     from ..llm import Models, load_script, register_script
-    from ..llm.scripted import parse_script
+    from ..llm.script import parse_script
 
     if not escalate:
         load_script(DEMO_SCRIPT, name="demo")

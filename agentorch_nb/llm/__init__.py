@@ -12,7 +12,7 @@ offline (``LITELLM_LOCAL_MODEL_COST_MAP=True``: costs come from litellm's bundle
 from .client import LLM, Reply, ToolCall, litellm_module
 from .errors import BudgetExceeded, LLMCallFailed, LLMError, ScriptError
 from .limits import RateLimiter, shared_limiter
-from .scripted import Script, get_script, load_script, register_script
+from .script import Script, get_script, load_script, register_script
 from .settings import Models, load_env_file, parse_env
 
 __all__ = [

@@ -13,7 +13,6 @@ with ``LITELLM_LOCAL_MODEL_COST_MAP`` set so it never fetches its cost map from 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import logging
 import os
@@ -23,11 +22,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from .errors import BudgetExceeded, LLMCallFailed, LLMError
+from .errors import BudgetExceeded, LLMCallFailed, LLMError, classify, describe, own_error
 from .limits import RateLimiter, shared_limiter
-from .scripted import PROVIDER as SCRIPTED, message_text
+from .reply import Reply, ToolCall
+from .script import message_text
+from .scripted import PROVIDER as SCRIPTED
 from .settings import Models, load_env_file
 from .streaming import ChunkRelay, assemble, read_stream, stream_params
 
@@ -78,100 +79,6 @@ def litellm_module() -> Any:
             install()
             _litellm_mod = litellm
     return _litellm_mod
-
-
-class _Call(NamedTuple):
-    id: str
-    name: str
-    arguments: dict
-
-
-class ToolCall(_Call):
-    """One tool call of a reply: unpacks as ``(id, name, arguments)``.
-
-    When the model's arguments are not a JSON object, ``arguments`` is ``{}``, ``raw_arguments``
-    keeps the text and ``error`` says what is wrong, phrased so that the worker can send it
-    back to the model as the tool's result and let it try again.
-    """
-
-    raw_arguments: str
-    error: str | None
-
-    def __new__(
-        cls, id: str, name: str, arguments: dict, raw_arguments: str = "", error: str | None = None
-    ) -> ToolCall:
-        self = super().__new__(cls, id, name, arguments)
-        self.raw_arguments = raw_arguments
-        self.error = error
-        return self
-
-    def __repr__(self) -> str:
-        err = f", error={self.error!r}" if self.error else ""
-        return f"ToolCall(id={self.id!r}, name={self.name!r}, arguments={self.arguments!r}{err})"
-
-    @classmethod
-    def parse(cls, id: str, name: str, raw: Any) -> ToolCall:
-        if isinstance(raw, dict):
-            return cls(id, name, raw, json.dumps(raw))
-        text = "" if raw is None else str(raw)
-        if not text.strip():
-            return cls(id, name, {}, text)
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            return cls(id, name, {}, text, (
-                f"the arguments of your call to {name!r} are not valid JSON ({exc.msg} at "
-                f"character {exc.pos}): {text[:500]!r}. Call {name!r} again with a JSON object."
-            ))
-        if not isinstance(value, dict):
-            return cls(id, name, {}, text, (
-                f"the arguments of your call to {name!r} must be a JSON object, not "
-                f"{type(value).__name__}: {text[:500]!r}. Call {name!r} again with an object."
-            ))
-        return cls(id, name, value, text)
-
-
-@dataclass
-class Reply:
-    """A model's answer, with what it cost."""
-
-    content: str | None
-    tool_calls: list[ToolCall]
-    tokens_in: int
-    tokens_out: int
-    cost_usd: float
-    model: str
-    latency_ms: float = 0.0
-    tries: int = 1  # HTTP attempts this reply took, retries included
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data (``dataclasses.asdict`` would drop the tool calls' raw text and errors)."""
-        return {
-            "content": self.content,
-            "tool_calls": [
-                {"id": c.id, "name": c.name, "arguments": c.arguments,
-                 "raw_arguments": c.raw_arguments, "error": c.error}
-                for c in self.tool_calls
-            ],
-            "tokens_in": self.tokens_in, "tokens_out": self.tokens_out, "cost_usd": self.cost_usd,
-            "model": self.model, "latency_ms": self.latency_ms, "tries": self.tries,
-        }
-
-    @property
-    def bad_tool_calls(self) -> list[ToolCall]:
-        """Tool calls whose arguments could not be read; answer each with its ``error``."""
-        return [c for c in self.tool_calls if c.error]
-
-    def message(self) -> dict[str, Any]:
-        """The assistant message to append to the conversation before the tool results."""
-        msg: dict[str, Any] = {"role": "assistant", "content": self.content}
-        if self.tool_calls:
-            msg["tool_calls"] = [
-                {"id": c.id, "type": "function",
-                 "function": {"name": c.name, "arguments": c.raw_arguments}}
-                for c in self.tool_calls
-            ]
-        return msg
 
 
 @dataclass
@@ -309,13 +216,13 @@ class LLM:
                     self._record(where, t0, error="cancelled")
                     raise
                 except Exception as exc:  # noqa: BLE001 - classified below
-                    own = _own_error(exc)
-                    error = str(own) if own is not None else _describe(exc)
+                    own = own_error(exc)
+                    error = str(own) if own is not None else describe(exc)
                     self._record(where, t0, error=f"try {n}: {error}")
                     use.tokens = 0
                     if own is not None:
                         raise own from None
-                    retryable, retry_after = _classify(exc)
+                    retryable, retry_after = classify(exc)
                     if not retryable:
                         raise LLMCallFailed(
                             f"{model} refused the {role}'s request: {error}. This is not retried; "
@@ -346,7 +253,7 @@ class LLM:
                             resp = assemble(litellm, resp, messages)
                         reply = self._reply(litellm, resp, model, t0, n, estimate)
                     except Exception as exc:  # noqa: BLE001 - a response without the usual shape
-                        error = f"unreadable response: {_describe(exc)}"
+                        error = f"unreadable response: {describe(exc)}"
                         self._record(where, t0, error=f"try {n}: {error}")
                         raise LLMCallFailed(
                             f"{model} answered the {role} with a response that is not a chat "
@@ -425,90 +332,3 @@ def _cost(litellm: Any, resp: Any, model: str, tokens_in: int, tokens_out: int) 
         return float(cin + cout)
     except Exception:  # noqa: BLE001 - a model missing from the cost map costs "unknown" = 0
         return 0.0
-
-
-def _own_error(exc: BaseException) -> LLMError | None:
-    """Our own error (a ScriptError from the scripted provider) that litellm wrapped."""
-    seen = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        if isinstance(cur, LLMError):
-            return cur
-        seen.add(id(cur))
-        cur = cur.__cause__ or cur.__context__
-    return None
-
-
-def _stream_cause(exc: BaseException) -> BaseException | None:
-    """The provider's error behind litellm's MidStreamFallbackError (how a failed stream
-    surfaces; its status is the cause's, or 503), or None."""
-    from litellm import exceptions
-
-    wrapper = getattr(exceptions, "MidStreamFallbackError", None)
-    if wrapper is not None and isinstance(exc, wrapper):
-        return getattr(exc, "original_exception", None)
-    return None
-
-
-def _describe(exc: BaseException) -> str:
-    cause = _stream_cause(exc)
-    if cause is not None:
-        return _describe(cause)
-    if isinstance(exc, asyncio.TimeoutError):
-        return "timeout: no answer within the call timeout"
-    text = str(exc).split("\nTraceback", 1)[0].strip()
-    status = getattr(exc, "status_code", None)
-    head = f"{type(exc).__name__}" + (f" {status}" if status else "")
-    return f"{head}: {text[:500]}" if text else head
-
-
-def _classify(exc: BaseException) -> tuple[bool, float | None]:
-    """(worth retrying?, seconds the provider asked us to wait)."""
-    import litellm
-
-    if isinstance(exc, (asyncio.TimeoutError, litellm.Timeout, litellm.APIConnectionError)):
-        return True, None
-    status = getattr(exc, "status_code", None)
-    if isinstance(exc, litellm.RateLimitError) or status == 429:
-        return True, _retry_after(exc)
-    if isinstance(status, int) and (status >= 500 or status == 408):
-        return True, _retry_after(exc)
-    return False, None
-
-
-def _retry_after(exc: BaseException) -> float | None:
-    """Seconds from ``exc.retry_after`` or a Retry-After / retry-after-ms response header."""
-    value = getattr(exc, "retry_after", None)
-    if isinstance(value, (int, float)) and value >= 0:
-        return float(value)
-    cause = _stream_cause(exc)
-    if cause is not None and (after := _retry_after(cause)) is not None:
-        return after
-    headers: list[Any] = []
-    response = getattr(exc, "response", None)
-    if response is not None and getattr(response, "headers", None) is not None:
-        headers.append(response.headers)
-    for attr in ("litellm_response_headers", "headers"):
-        if getattr(exc, attr, None):
-            headers.append(getattr(exc, attr))
-    for h in headers:
-        try:
-            lower = {str(k).lower(): str(v) for k, v in dict(h).items()}
-        except Exception:  # noqa: BLE001 - an odd headers object: ignore it
-            continue
-        if "retry-after-ms" in lower:
-            try:
-                return float(lower["retry-after-ms"]) / 1000
-            except ValueError:
-                pass
-        if "retry-after" in lower:
-            raw = lower["retry-after"].strip()
-            try:
-                return max(0.0, float(raw))
-            except ValueError:
-                try:
-                    when = email.utils.parsedate_to_datetime(raw)
-                except (TypeError, ValueError):
-                    continue
-                return max(0.0, when.timestamp() - time.time())
-    return None

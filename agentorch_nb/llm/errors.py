@@ -1,6 +1,20 @@
-"""The LLM layer's own errors. The engine turns each into a failed attempt or an interrupt."""
+"""The LLM layer's own errors, and how a provider's failure is read: what it says, whether
+it is worth retrying, and how long the provider asked us to wait (Retry-After).
+
+The engine turns each of our errors into a failed attempt or an interrupt.
+
+>>> class Throttled(Exception):
+...     status_code, headers = 429, {"Retry-After": "3"}
+>>> retry_after(Throttled("slow down")), describe(Throttled("slow down"))
+(3.0, 'Throttled 429: slow down')
+"""
 
 from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from typing import Any
 
 from ..exceptions import AgentorchError, InvalidInput
 
@@ -46,3 +60,91 @@ class BudgetExceeded(LLMError):
 
 class ScriptError(LLMError, InvalidInput):
     """A scripted-provider script is invalid, unknown, or has no rule for a request."""
+
+
+# ------------------------------------------------------- reading failures
+def own_error(exc: BaseException) -> LLMError | None:
+    """Our own error (a ScriptError from the scripted provider) that litellm wrapped."""
+    seen = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, LLMError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _stream_cause(exc: BaseException) -> BaseException | None:
+    """The provider's error behind litellm's MidStreamFallbackError (how a failed stream
+    surfaces; its status is the cause's, or 503), or None."""
+    from litellm import exceptions
+
+    wrapper = getattr(exceptions, "MidStreamFallbackError", None)
+    if wrapper is not None and isinstance(exc, wrapper):
+        return getattr(exc, "original_exception", None)
+    return None
+
+
+def describe(exc: BaseException) -> str:
+    cause = _stream_cause(exc)
+    if cause is not None:
+        return describe(cause)
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timeout: no answer within the call timeout"
+    text = str(exc).split("\nTraceback", 1)[0].strip()
+    status = getattr(exc, "status_code", None)
+    head = f"{type(exc).__name__}" + (f" {status}" if status else "")
+    return f"{head}: {text[:500]}" if text else head
+
+
+def classify(exc: BaseException) -> tuple[bool, float | None]:
+    """(worth retrying?, seconds the provider asked us to wait)."""
+    import litellm
+
+    if isinstance(exc, (asyncio.TimeoutError, litellm.Timeout, litellm.APIConnectionError)):
+        return True, None
+    status = getattr(exc, "status_code", None)
+    if isinstance(exc, litellm.RateLimitError) or status == 429:
+        return True, retry_after(exc)
+    if isinstance(status, int) and (status >= 500 or status == 408):
+        return True, retry_after(exc)
+    return False, None
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds from ``exc.retry_after`` or a Retry-After / retry-after-ms response header."""
+    value = getattr(exc, "retry_after", None)
+    if isinstance(value, (int, float)) and value >= 0:
+        return float(value)
+    cause = _stream_cause(exc)
+    if cause is not None and (after := retry_after(cause)) is not None:
+        return after
+    headers: list[Any] = []
+    response = getattr(exc, "response", None)
+    if response is not None and getattr(response, "headers", None) is not None:
+        headers.append(response.headers)
+    for attr in ("litellm_response_headers", "headers"):
+        if getattr(exc, attr, None):
+            headers.append(getattr(exc, attr))
+    for h in headers:
+        try:
+            lower = {str(k).lower(): str(v) for k, v in dict(h).items()}
+        except Exception:  # noqa: BLE001 - an odd headers object: ignore it
+            continue
+        if "retry-after-ms" in lower:
+            try:
+                return float(lower["retry-after-ms"]) / 1000
+            except ValueError:
+                pass
+        if "retry-after" in lower:
+            raw = lower["retry-after"].strip()
+            try:
+                return max(0.0, float(raw))
+            except ValueError:
+                try:
+                    when = email.utils.parsedate_to_datetime(raw)
+                except (TypeError, ValueError):
+                    continue
+                return max(0.0, when.timestamp() - time.time())
+    return None
