@@ -11,6 +11,7 @@ merged into it; like Config, every field has a default and ``to_dict``/``from_di
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -162,8 +163,8 @@ def load_env_file(*directories: str | os.PathLike | None) -> dict[str, str]:
     """Read ``.env`` from each directory (default: the current one) into ``os.environ``.
 
     Variables already set are never overridden, so the real environment and the first file
-    read win. Lines are ``KEY=VALUE`` (an optional ``export`` prefix, ``#`` comments, and
-    single or double quotes around the value). Returns what was set.
+    read win. The files are read by python-dotenv (``export`` prefixes, quotes, ``#``
+    comments, ``${VAR}`` expansion). Returns what was set.
     """
     dirs = [d for d in directories if d is not None] or [Path.cwd()]
     loaded: dict[str, str] = {}
@@ -181,24 +182,12 @@ def load_env_file(*directories: str | os.PathLike | None) -> dict[str, str]:
 
 
 def parse_env(text: str) -> dict[str, str]:
-    """Parse the text of a ``.env`` file.
+    """Parse the text of a ``.env`` file (python-dotenv's syntax; a name without ``=`` sets
+    nothing).
 
-    >>> parse_env('# keys\\nexport A=1\\nB = "two words"\\nC=x # note\\nnot a pair\\n')
-    {'A': '1', 'B': 'two words', 'C': 'x'}
+    >>> parse_env("# keys\\nexport A=1\\nB = \\"two words\\"\\nC=x # note\\nD='my key' # hers\\nE\\n")
+    {'A': '1', 'B': 'two words', 'C': 'x', 'D': 'my key'}
     """
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        key = key.strip().removeprefix("export ").strip()
-        value = value.strip()
-        if not key.replace("_", "").isalnum():
-            continue
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        elif " #" in value:
-            value = value.split(" #", 1)[0].rstrip()
-        out[key] = value
-    return out
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}

@@ -319,6 +319,16 @@ def test_env_file_is_read_without_overriding(tmp_path, monkeypatch):
     monkeypatch.delenv("AO_T2")  # undo what load_env_file set
 
 
+def test_env_file_quotes_and_comments_are_read_as_dotenv_does(tmp_path, monkeypatch):
+    (tmp_path / ".env").write_text("AO_T4='secret value' # my key\nAO_T5=\"a # b\"\n"
+                                   "AO_T6=plain # note\n")
+    for name in ("AO_T4", "AO_T5", "AO_T6"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)  # absent now, removed again when the test ends
+    assert load_env_file(tmp_path) == {"AO_T4": "secret value", "AO_T5": "a # b", "AO_T6": "plain"}
+    assert os.environ["AO_T4"] == "secret value"
+
+
 def test_litellm_runs_offline_with_the_local_cost_map():
     litellm = litellm_module()
     from litellm.litellm_core_utils.get_model_cost_map import get_model_cost_map_source_info
