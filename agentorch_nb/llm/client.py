@@ -95,7 +95,9 @@ class LLM:
     ``store`` and ``run_id`` are optional (without them no rows are written). ``limiter``
     defaults to the process-wide one, which ``models.rate_limits`` and
     ``models.max_concurrent_calls`` configure. ``workspace``'s ``.env`` (then the current
-    directory's) is read into the environment without overriding what is set.
+    directory's) is read into the environment without overriding what is set. The variables
+    named by ``api_key_env`` and the literal ``api_key`` values of ``models.endpoints`` become
+    secrets of the process (:func:`agentorch_nb.tools.secrets.add_secrets`).
     """
 
     def __init__(
@@ -113,6 +115,10 @@ class LLM:
         if store is not None and not run_id:
             raise LLMError("an LLM that records to a store needs the run_id its calls belong to")
         load_env_file(*(d for d in (workspace, Path.cwd()) if d is not None))
+        from ..tools.secrets import add_secrets  # here: the tools package is not needed before
+
+        # Whatever their names, the models' keys never reach a tool's subprocess or output.
+        add_secrets(*self.models.secrets())
         self.limiter = limiter or shared_limiter()
         self.limiter.configure(self.models.max_concurrent_calls, self.models.rate_limits)
         self._spent = _Spent()

@@ -19,6 +19,8 @@ from typing import Any
 
 from ..exceptions import InvalidInput
 
+REDACTED_KEY = "***"  # what to_dict() stores instead of a literal key
+
 # Which field a role (or a worker's profile) reads; None means "worker_model".
 ROLE_FIELDS: dict[str, str] = {
     "director": "director_model",
@@ -141,10 +143,20 @@ class Models:
             out["api_key"] = os.environ[env]
         return out
 
+    def secrets(self) -> tuple[list[str], list[str]]:
+        """``(variables, keys)``: the environment variables API keys are read from
+        (``api_key_env``) and the keys given literally (``api_key``). The LLM client treats
+        both as secrets: kept out of tools' subprocesses, redacted from what tools return.
+        """
+        names = [spec["api_key_env"] for spec in self.endpoints.values() if spec.get("api_key_env")]
+        keys = [spec["api_key"] for spec in self.endpoints.values()
+                if spec.get("api_key") and spec["api_key"] != REDACTED_KEY]
+        return names, keys
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["endpoints"] = {
-            m: {k: ("***" if k == "api_key" else v) for k, v in spec.items()}
+            m: {k: (REDACTED_KEY if k == "api_key" else v) for k, v in spec.items()}
             for m, spec in self.endpoints.items()
         }
         return data

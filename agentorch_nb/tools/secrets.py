@@ -5,6 +5,10 @@ Two measures: a child process gets an environment without credential variables
 ``tool_calls`` row, insights -- passes :func:`redact`, which replaces the values of such
 variables present in this process and strings shaped like well-known API keys.
 
+A credential variable is one whose name says so (``*_API_KEY``, ``*_TOKEN``, ...) or one
+named by :func:`add_secrets`, which the LLM client calls with the variables its models read
+keys from (``api_key_env``) and the keys given literally (``api_key``), whatever their names.
+
 >>> redact("key=sk-abcdefghijklmnop1234 ok")
 'key=[REDACTED] ok'
 >>> is_secret_name("GITHUB_TOKEN"), is_secret_name("PATH")
@@ -15,7 +19,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 REDACTED = "[REDACTED]"
@@ -43,23 +48,46 @@ PATTERNS = re.compile("|".join([
 ]))
 MIN_SECRET_LENGTH = 6  # shorter values ("1", "true") would redact ordinary text
 
+# Added for the life of the process: a key once used stays a secret.
+_names: set[str] = set()
+_values: set[str] = set()
+_lock = threading.Lock()
+
+
+def add_secrets(names: Iterable[str] = (), values: Iterable[str] = ()) -> None:
+    """From now on, in this process, treat the variables ``names`` as credentials (kept out
+    of children's environments, their values redacted) and the strings ``values`` as secrets
+    (redacted, and any variable holding one kept out of children's environments).
+
+    >>> add_secrets(names=["MY_LLM_KEY"]); is_secret_name("MY_LLM_KEY")
+    True
+    """
+    with _lock:
+        _names.update(n for n in names if n)
+        _values.update(v for v in values if v and len(v) >= MIN_SECRET_LENGTH)
+
 
 def is_secret_name(name: str) -> bool:
     upper = name.upper()
-    return upper in SECRET_NAMES or upper.endswith(SECRET_SUFFIXES)
+    return upper in SECRET_NAMES or upper.endswith(SECRET_SUFFIXES) or name in _names
 
 
 def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
-    """Values of credential variables in ``environ`` (this process's), longest first."""
+    """Values of credential variables in ``environ`` (this process's) and the secrets given to
+    :func:`add_secrets`, longest first."""
     environ = os.environ if environ is None else environ
     values = {v for k, v in environ.items() if is_secret_name(k) and len(v) >= MIN_SECRET_LENGTH}
+    with _lock:
+        values |= _values
     return sorted(values, key=len, reverse=True)
 
 
 def scrubbed_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for a tool's subprocess: credentials removed, no pagers or prompts."""
     environ = os.environ if environ is None else environ
-    env = {k: v for k, v in environ.items() if not is_secret_name(k)}
+    with _lock:
+        known = set(_values)
+    env = {k: v for k, v in environ.items() if not is_secret_name(k) and v not in known}
     env.update(GIT_TERMINAL_PROMPT="0", GIT_PAGER="cat", PAGER="cat")
     return env
 
