@@ -2,10 +2,19 @@
 
 >>> Config(max_concurrent_workers=2).max_concurrent_workers
 2
+
+A value of the wrong type or out of range is refused at once, with the field named:
+
+>>> Config(max_concurrent_workers="4")
+Traceback (most recent call last):
+...
+agentorch_nb.exceptions.InvalidInput: Config.max_concurrent_workers must be a whole number of at least 1, not '4' (a str)
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -35,17 +44,18 @@ class Config:
     lock_timeout: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.max_concurrent_workers < 1:
-            raise InvalidInput("max_concurrent_workers must be at least 1")
-        if self.max_retries < 0:
-            raise InvalidInput("max_retries must be 0 or more")
-        if self.guardian_every < 1:
-            raise InvalidInput("guardian_every must be at least 1")
-        if self.max_iterations_per_task < 1:
-            raise InvalidInput("max_iterations_per_task must be at least 1")
-        for name in ("worker_timeout", "qa_timeout", "plan_timeout", "lock_timeout"):
-            if getattr(self, name) <= 0:
-                raise InvalidInput(f"{name} must be a positive number of seconds")
+        for name, least in WHOLE.items():
+            setattr(self, name, _whole(name, getattr(self, name), least))
+        for name, positive in SECONDS.items():
+            setattr(self, name, _seconds(name, getattr(self, name), positive))
+        for name in SWITCHES:
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise InvalidInput(f"Config.{name} must be True or False, not {_given(value)}")
+        if not isinstance(self.models, Models):
+            raise InvalidInput(
+                f"Config.models must be an agentorch_nb.Models, not {_given(self.models)}; "
+                "e.g. Config(models=Models(worker_model='openai/gpt-4o-mini'))")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, with API keys redacted (the run's row keeps its config)."""
@@ -58,3 +68,38 @@ class Config:
         if isinstance(values.get("models"), dict):
             values["models"] = Models.from_dict(values["models"])
         return cls(**values)
+
+
+# The rules of the fields, checked in this order: whole numbers with their least value,
+# seconds (True: must be more than 0; False: 0 is allowed), and switches.
+WHOLE = {"max_concurrent_workers": 1, "max_retries": 0, "max_iterations_per_task": 1,
+         "guardian_every": 1}
+SECONDS = {"worker_timeout": True, "qa_timeout": True, "plan_timeout": True,
+           "lock_timeout": True, "flush_interval": False}
+SWITCHES = ("keep_failed_worktrees", "keep_worktrees", "enable_guardian")
+
+
+def _given(value: object) -> str:
+    return f"{value!r} (a {type(value).__name__})"
+
+
+def _whole(name: str, value: object, least: int) -> int:
+    # bool is an int to Python, but True workers or retries is a mistake, not a number.
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidInput(f"Config.{name} must be a whole number of at least {least}, "
+                           f"not {_given(value)}")
+    if value < least:
+        raise InvalidInput(f"Config.{name} must be a whole number of at least {least}, "
+                           f"not {value!r}")
+    return int(value)
+
+
+def _seconds(name: str, value: object, positive: bool) -> float:
+    expected = "a finite number of seconds, " + ("more than 0" if positive else "0 or more")
+    # Stored configs may hold 300 for 300.0 (JSON keeps no difference): ints are welcome.
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidInput(f"Config.{name} must be {expected}, not {_given(value)}")
+    number = float(value)
+    if not math.isfinite(number) or number < 0 or (positive and number == 0):
+        raise InvalidInput(f"Config.{name} must be {expected}, not {value!r}")
+    return number
