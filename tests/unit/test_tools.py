@@ -192,7 +192,7 @@ async def test_run_command_keeps_its_api(tmp_path):
     ran = await run_command(["sh", "-c", "echo partial; sleep 30"], timeout=0.5)
     assert ran.timed_out and ran.stdout == "partial\n" and "timed out after 0.5 s" in ran.stderr
     ran = await run_command(["sh", "-c", "head -c 100000 /dev/zero"], max_output=1000)
-    assert ran.omitted == 99000 and "99000 bytes of output omitted" in ran.stdout
+    assert ran.omitted == 99000 and "99000 characters of output omitted" in ran.stdout
 
 
 # ------------------------------------------------------------------- secrets
