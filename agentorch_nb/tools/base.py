@@ -36,13 +36,16 @@ class ToolResult:
     """A tool's answer. ``content`` is what the model reads; ``error`` is set when the call
     failed (the model reads it too, prefixed ``error:``). ``action`` names an effect the
     caller must carry out (``finish``, ``create_subtasks``, ``request_tools``) and ``data``
-    its structured payload."""
+    its structured payload. ``omitted`` counts characters already dropped from the middle of
+    ``content`` (a command's output beyond what was kept of it): the cut that bounds the
+    answer states them in its note."""
 
     content: str = ""
     error: str | None = None
     data: dict[str, Any] | None = None
     action: str | None = None
     truncated: bool = False
+    omitted: int = 0
 
     @property
     def ok(self) -> bool:

@@ -95,24 +95,31 @@ def _finish(result: ToolResult, env: ToolEnv) -> ToolResult:
         result.error = redact(result.error, secrets)
     if result.data is not None:
         result.data = redact_value(result.data, secrets)
-    content, cut = truncate(result.content, env.output_limit)
+    content, cut = truncate(result.content, env.output_limit, result.omitted)
     if cut:
-        result.content, result.truncated = content, True
+        result.content, result.truncated, result.omitted = content, True, 0
     return result
 
 
-def truncate(text: str, limit: int) -> tuple[str, bool]:
+def truncate(text: str, limit: int, omitted: int = 0) -> tuple[str, bool]:
     """``text`` bounded to about ``limit`` characters, its head and tail kept, the cut stated.
+    ``omitted`` characters were already dropped from its middle (the note counts them too;
+    they must lie in the part cut here, as they do when each side of them is longer than
+    ``limit``).
 
     >>> truncate("a" * 10 + "b" * 10, 10)[0]
     'aaaaa\\n[... output truncated: 10 of 20 characters omitted ...]\\nbbbbb'
+    >>> truncate("a" * 10 + "b" * 10, 10, omitted=100)[0]
+    'aaaaa\\n[... output truncated: 110 of 120 characters omitted ...]\\nbbbbb'
     """
-    if len(text) <= limit:
+    if len(text) <= limit and not omitted:
         return text, False
-    head, tail = limit - limit // 2, limit // 2
-    omitted = len(text) - head - tail
-    return (f"{text[:head]}\n[... output truncated: {omitted} of {len(text)} characters "
-            f"omitted ...]\n{text[len(text) - tail:]}"), True
+    head = text[:limit - limit // 2]
+    tail = text[len(head):][-(limit // 2):] if limit // 2 else ""
+    total = len(text) + omitted
+    dropped = total - len(head) - len(tail)
+    return (f"{head}\n[... output truncated: {dropped} of {total} characters omitted ...]\n"
+            f"{tail}"), True
 
 
 def _record(env: ToolEnv, call_id: str, name: Any, arguments: Any, result: ToolResult,

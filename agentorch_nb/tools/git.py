@@ -25,7 +25,9 @@ async def git(env: ToolEnv, *args: str, check: bool = True) -> ToolResult:
     if check and ran.returncode != 0:
         raise ToolError(f"git {args[0]} failed (exit {ran.returncode}): "
                         f"{(ran.stderr or ran.stdout).strip()}")
-    return ToolResult(content=ran.stdout, data={"returncode": ran.returncode})
+    # A long diff's cut is stated once, exactly, by the bound of the answer.
+    return ToolResult(content=ran.kept("stdout"), data={"returncode": ran.returncode},
+                      omitted=ran.stdout_omitted)
 
 
 def _rel(env: ToolEnv, path: str | None) -> list[str]:
@@ -80,4 +82,5 @@ async def git_commit(env: ToolEnv, message: str, paths: list[str] | None = None)
     await git(env, "commit", "--quiet", "-m", message)
     head = await git(env, "log", "-1", "--stat", "--format=committed %h: %s")
     sha = await git(env, "rev-parse", "HEAD")
-    return ToolResult(content=head.content.strip(), data={"sha": sha.content.strip()})
+    return ToolResult(content=head.content.strip(), data={"sha": sha.content.strip()},
+                      omitted=head.omitted)

@@ -10,7 +10,9 @@ from .._proc import CommandResult, run_command
 from .base import ToolEnv, ToolError, ToolResult
 from .secrets import scrubbed_env
 
-# Raw bytes kept per stream; the answer is cut again to the env's character limit.
+# Characters kept of each stream, in units of the env's limit: the answer is cut again to
+# that limit, and the capture's own cut (2 limits from either end) always falls in the part
+# that second cut drops, so its note can count both exactly.
 CAPTURE_FACTOR = 4
 
 
@@ -48,21 +50,24 @@ def describe(result: CommandResult, timeout: float) -> ToolResult:
     """A command's outcome as the model reads it: exit code, stdout, stderr. A timeout is an
     error result that still shows the output the command gave before it was killed."""
     parts = [f"exit code: {result.returncode}"] if not result.timed_out else []
-    stderr = result.stderr
+    # Kept output without the capture's notes: the bound of the answer states the cut.
+    stdout, stderr = result.kept("stdout"), result.kept("stderr")
     if result.timed_out:  # the error says it; keep only what the command wrote
         stderr = stderr.removesuffix(f"timed out after {timeout} s").rstrip()
-    if result.stdout:
-        parts.append(f"--- stdout ---\n{result.stdout.rstrip()}")
+    if stdout:
+        parts.append(f"--- stdout ---\n{stdout.rstrip()}")
     if stderr:
         parts.append(f"--- stderr ---\n{stderr.rstrip()}")
-    if not (result.stdout or stderr):
+    if not (stdout or stderr):
         parts.append("(no output)")
     text = "\n".join(parts)
     if result.timed_out:
-        return ToolResult.fail(
+        failed = ToolResult.fail(
             f"timed out after {timeout:g} s; the command and every process it started were killed "
             "(pass a larger timeout_seconds, or run less at once)", text)
-    return ToolResult(content=text, data={"returncode": result.returncode})
+        failed.omitted = result.omitted
+        return failed
+    return ToolResult(content=text, data={"returncode": result.returncode}, omitted=result.omitted)
 
 
 def shell() -> str:
