@@ -1,13 +1,16 @@
-"""Filesystem tools. Every path arrives confined to the worktree (see :mod:`.call`);
-git's own metadata (``.git``) is left to the git tools."""
+"""Filesystem tools. Every path arrives confined to the worktree (see :mod:`.call`) and is
+then opened step by step from a descriptor of the worktree root (see :mod:`.paths`), so a
+symlink swapped in after the check cannot send a read, a write, a listing or a delete
+outside. git's own metadata (``.git``) is left to the git tools."""
 
 from __future__ import annotations
 
 import os
+import stat
 
 from ..model import Profile
 from .base import ALL_PROFILES, ToolEnv, ToolError, ToolResult, tool
-from .paths import confine, inside_git_dir, relative
+from .paths import confine, open_file, opened_dir, opened_parent, relative
 
 WRITERS = ALL_PROFILES - {Profile.PLAN.value}
 MAX_READ_BYTES = 5_000_000
@@ -22,13 +25,29 @@ def _missing(env: ToolEnv, path: str) -> ToolError:
                      "search_codebase to find the right path")
 
 
-def _writable(env: ToolEnv, path: str) -> str:
-    if inside_git_dir(env.root, path):
+def _not_git(rel: str) -> None:
+    if rel.split(os.sep)[0] == ".git":
         raise ToolError("the .git directory is git's own; use the git tools")
-    if os.path.isdir(path):
-        raise ToolError(f"{relative(env.root, path)!r} is a directory, not a file")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    return relative(env.root, path)
+
+
+def _open(env: ToolEnv, path: str, flags: int, on_dir: str, guard=None) -> tuple[int, str]:
+    try:
+        return open_file(env.root, path, flags, guard=guard)
+    except (FileNotFoundError, NotADirectoryError):
+        raise _missing(env, path) from None
+    except IsADirectoryError:
+        raise ToolError(f"{relative(env.root, path)!r} {on_dir}") from None
+    except OSError as exc:  # ENXIO: a FIFO nobody reads
+        raise ToolError(f"cannot open {relative(env.root, path)!r}: {exc.strerror}") from None
+
+
+def _regular(fd: int, shown: str, on_dir: str) -> os.stat_result:
+    info = os.fstat(fd)
+    if stat.S_ISDIR(info.st_mode):
+        raise ToolError(f"{shown!r} {on_dir}")
+    if not stat.S_ISREG(info.st_mode):
+        raise ToolError(f"{shown!r} is not a regular file")
+    return info
 
 
 @tool("read_file",
@@ -40,18 +59,16 @@ def _writable(env: ToolEnv, path: str) -> str:
        "required": ["path"]},
       paths=("path",))
 def read_file(env: ToolEnv, path: str, offset: int = 1, limit: int = MAX_LINES) -> ToolResult:
-    if os.path.isdir(path):
-        raise ToolError(f"{relative(env.root, path)!r} is a directory; use list_directory")
-    if not os.path.isfile(path):
-        raise _missing(env, path)
-    size = os.path.getsize(path)
-    if size > MAX_READ_BYTES:
-        raise ToolError(f"{relative(env.root, path)!r} has {size} bytes, too large to read; "
-                        "use search_codebase or run_shell (head, sed -n) for the part you need")
-    with open(path, "rb") as fh:
-        raw = fh.read()
+    on_dir = "is a directory; use list_directory"
+    fd, shown = _open(env, path, os.O_RDONLY, on_dir)
+    with os.fdopen(fd, "rb") as fh:
+        size = _regular(fd, shown, on_dir).st_size
+        if size > MAX_READ_BYTES:
+            raise ToolError(f"{shown!r} has {size} bytes, too large to read; use "
+                            "search_codebase or run_shell (head, sed -n) for the part you need")
+        raw = fh.read(MAX_READ_BYTES + 1)
     if b"\x00" in raw[:8192]:
-        return ToolResult(content=f"{relative(env.root, path)!r} is a binary file of {size} bytes")
+        return ToolResult(content=f"{shown!r} is a binary file of {size} bytes")
     lines = raw.decode(errors="replace").splitlines(keepends=True)
     part = lines[offset - 1: offset - 1 + limit]
     text = "".join(part)
@@ -67,8 +84,10 @@ def read_file(env: ToolEnv, path: str, offset: int = 1, limit: int = MAX_LINES) 
       {"properties": {"path": PATH_ARG, "content": {"type": "string"}}, "required": ["path", "content"]},
       profiles=WRITERS, paths=("path",))
 def write_file(env: ToolEnv, path: str, content: str) -> str:
-    shown = _writable(env, path)
-    with open(path, "w", encoding="utf-8") as fh:
+    on_dir = "is a directory, not a file"
+    fd, shown = _open(env, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, on_dir, _not_git)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        _regular(fd, shown, on_dir)
         fh.write(content)
     return f"wrote {len(content)} characters ({content.count(chr(10))} newlines) to {shown}"
 
@@ -77,10 +96,14 @@ def write_file(env: ToolEnv, path: str, content: str) -> str:
       {"properties": {"path": PATH_ARG, "content": {"type": "string"}}, "required": ["path", "content"]},
       profiles=WRITERS, paths=("path",))
 def append_file(env: ToolEnv, path: str, content: str) -> str:
-    shown = _writable(env, path)
-    with open(path, "a", encoding="utf-8") as fh:
+    on_dir = "is a directory, not a file"
+    fd, shown = _open(env, path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, on_dir, _not_git)
+    with os.fdopen(fd, "a", encoding="utf-8") as fh:
+        _regular(fd, shown, on_dir)
         fh.write(content)
-    return f"appended {len(content)} characters to {shown} (now {os.path.getsize(path)} bytes)"
+        fh.flush()
+        size = os.fstat(fd).st_size
+    return f"appended {len(content)} characters to {shown} (now {size} bytes)"
 
 
 @tool("list_directory", "List a directory of the worktree: subdirectories end with '/'. "
@@ -89,21 +112,15 @@ def append_file(env: ToolEnv, path: str, content: str) -> str:
       paths=("path",))
 def list_directory(env: ToolEnv, path: str | None = None, recursive: bool = False) -> str:
     top = path or str(env.root)
-    if not os.path.isdir(top):
+    try:
+        with opened_dir(env.root, top) as (fd, shown):
+            entries = _entries(fd, recursive)
+    except NotADirectoryError:
         if os.path.exists(top):
-            raise ToolError(f"{relative(env.root, top)!r} is a file; use read_file")
-        raise _missing(env, top)
-    entries: list[str] = []
-    for here, dirs, files in os.walk(top):
-        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
-        base = os.path.relpath(here, top)
-        prefix = "" if base == "." else base + "/"
-        entries += [f"{prefix}{d}/" for d in dirs] + [f"{prefix}{f}" for f in sorted(files)]
-        if not recursive or len(entries) > MAX_ENTRIES:
-            break
-    if not recursive:
-        entries.sort()
-    shown = relative(env.root, top)
+            raise ToolError(f"{relative(env.root, top)!r} is a file; use read_file") from None
+        raise _missing(env, top) from None
+    except FileNotFoundError:
+        raise _missing(env, top) from None
     if not entries:
         return f"{shown}: (empty)"
     more = len(entries) - MAX_ENTRIES
@@ -111,6 +128,26 @@ def list_directory(env: ToolEnv, path: str | None = None, recursive: bool = Fals
     if more > 0:
         listing += f"\n[... listing stopped after {MAX_ENTRIES} entries; list a subdirectory]"
     return f"{shown}:\n{listing}"
+
+
+def _entries(fd: int, recursive: bool) -> list[str]:
+    # fwalk opens each directory relative to its parent's descriptor and never enters a
+    # link, so a swap during the walk cannot list a directory outside.
+    entries: list[str] = []
+    walk = os.fwalk(".", dir_fd=fd)
+    try:
+        for here, dirs, files, _ in walk:
+            dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
+            base = os.path.normpath(here)
+            prefix = "" if base == "." else base + "/"
+            entries += [f"{prefix}{d}/" for d in dirs] + [f"{prefix}{f}" for f in sorted(files)]
+            if not recursive or len(entries) > MAX_ENTRIES:
+                break
+    finally:
+        walk.close()
+    if not recursive:
+        entries.sort()
+    return entries
 
 
 @tool("delete_file", "Delete one file (or symlink) of the worktree. Directories are refused.",
@@ -123,11 +160,13 @@ def delete_file(env: ToolEnv, path: str) -> str:
     if name in ("", ".", ".."):
         raise ToolError(f"{path!r} does not name a file")
     target = os.path.join(parent, name)
-    if inside_git_dir(env.root, target):
-        raise ToolError("the .git directory is git's own; use the git tools")
-    if os.path.isdir(target) and not os.path.islink(target):
-        raise ToolError(f"{relative(env.root, target)!r} is a directory; delete_file deletes files")
-    if not os.path.lexists(target):
-        raise _missing(env, target)
-    os.unlink(target)
-    return f"deleted {relative(env.root, target)}"
+    try:
+        with opened_parent(env.root, target, guard=_not_git) as (fd, name, shown):
+            if stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                raise ToolError(f"{shown!r} is a directory; delete_file deletes files")
+            os.unlink(name, dir_fd=fd)
+    except (FileNotFoundError, NotADirectoryError):
+        raise _missing(env, target) from None
+    except IsADirectoryError:  # it became one meanwhile
+        raise ToolError(f"{relative(env.root, target)!r} is a directory; delete_file deletes files") from None
+    return f"deleted {shown}"
