@@ -35,7 +35,10 @@ def confine(root: str | os.PathLike, path: str) -> str:
     if "\x00" in path:
         raise ToolError("path must not contain NUL characters")
     base = os.path.realpath(root)
-    real = os.path.realpath(os.path.join(base, os.path.expanduser(path) if path.startswith("~") else path))
+    try:
+        real = os.path.realpath(os.path.join(base, os.path.expanduser(path) if path.startswith("~") else path))
+    except OSError as exc:  # a link swapped while realpath read it
+        raise ToolError(f"path {path!r} changed while it was checked ({exc.strerror}); try again") from None
     if real != base and os.path.commonpath([base, real]) != base:
         raise ToolError(f"path {path!r} is outside the worktree; use a path relative to the worktree root")
     return real
