@@ -16,14 +16,18 @@ from .exceptions import (
     InvalidTransition,
     ResolutionError,
     RunBusyElsewhere,
+    MissingDependency,
+    SchemaTooNew,
     StoreBusy,
+    StoreError,
     UnknownRun,
     UnknownTask,
     WorkspaceError,
     WrongLoop,
 )
 from .model import Outcome, Profile, RunStatus, Task, TaskSpec, TaskStatus, Verdict, WorkResult
-from .orchestrator import Orchestrator, Run, sql
+from .orchestrator import Orchestrator, sql
+from .run import Run
 from .workspace import Workspace, init_workspace
 
 __version__ = "0.1.0"
@@ -31,7 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AgentorchError", "Agents", "Config", "Context", "CycleError", "InvalidInput",
     "InvalidTransition", "Models", "Orchestrator", "Outcome", "Profile", "ResolutionError", "Run",
-    "RunBusyElsewhere", "RunStatus", "StoreBusy", "Task", "TaskSpec", "TaskStatus",
+    "MissingDependency", "RunBusyElsewhere", "RunStatus", "SchemaTooNew", "StoreBusy", "StoreError", "Task", "TaskSpec", "TaskStatus",
     "UnknownRun", "UnknownTask", "Verdict", "WorkResult", "Workspace", "WorkspaceError",
     "WrongLoop", "init_workspace", "sql",
 ]

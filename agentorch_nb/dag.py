@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import networkx as nx
 
-from .exceptions import CycleError, UnknownTask
+from .exceptions import CycleError, MissingDependency, UnknownTask
 from .model import TaskStatus
 
 
@@ -34,6 +34,10 @@ class TaskGraph:
 
     def add_task(self, task_id: str) -> None:
         self._g.add_node(task_id)
+
+    def remove_task(self, task_id: str) -> None:
+        """Take a task out with its edges (undoing a batch that was refused)."""
+        self._g.remove_node(task_id)
 
     def _known(self, *task_ids: str) -> None:
         for t in task_ids:
@@ -55,7 +59,7 @@ class TaskGraph:
     def remove_dependency(self, task_id: str, depends_on: str) -> None:
         self._known(task_id, depends_on)
         if not self._g.has_edge(depends_on, task_id):
-            raise UnknownTask(f"{task_id} -> {depends_on} (no such dependency)")
+            raise MissingDependency(task_id, depends_on)
         self._g.remove_edge(depends_on, task_id)
 
     def dependencies(self, task_id: str) -> list[str]:
@@ -111,10 +115,10 @@ class TaskGraph:
                 orphaned.append((t, gone))
             elif all(status[d] == TaskStatus.COMPLETE for d in deps):
                 ready.append(t)
-        return sorted(ready, key=_natural), orphaned
+        return sorted(ready, key=natural_key), orphaned
 
 
-def _natural(task_id: str) -> tuple:
+def natural_key(task_id: str) -> tuple:
     """t2 before t10."""
     head = task_id.rstrip("0123456789")
     tail = task_id[len(head):]

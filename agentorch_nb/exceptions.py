@@ -50,6 +50,18 @@ class UnknownTask(AgentorchError, KeyError):
         return self.args[0]
 
 
+class MissingDependency(AgentorchError, KeyError):
+    """A dependency edit named an edge the graph does not have."""
+
+    def __init__(self, task_id: str, depends_on: str) -> None:
+        self.task_id, self.depends_on = task_id, depends_on
+        super().__init__(f"task {task_id!r} does not depend on {depends_on!r}: there is no "
+                         f"{depends_on} -> {task_id} dependency to remove")
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
 class UnknownRun(AgentorchError, KeyError):
     def __init__(self, run_id: str, store: object) -> None:
         super().__init__(f"no run {run_id!r} in {store}; orch.runs() lists the runs")
@@ -68,6 +80,14 @@ class ResolutionError(AgentorchError):
 
 class RunBusyElsewhere(AgentorchError):
     """Another live process is driving this run."""
+
+
+class StoreError(AgentorchError):
+    """The store file cannot be used: it is not a DuckDB database, or it is damaged."""
+
+
+class SchemaTooNew(StoreError):
+    """The store was written by a newer agentorch_nb than this one."""
 
 
 class StoreBusy(AgentorchError):

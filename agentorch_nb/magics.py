@@ -22,7 +22,8 @@ from pathlib import Path
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
 from .exceptions import InvalidInput
-from .orchestrator import Orchestrator, Run, sql
+from .orchestrator import Orchestrator, sql
+from .run import Run
 
 
 class _Parser(argparse.ArgumentParser):

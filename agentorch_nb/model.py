@@ -65,6 +65,15 @@ class Outcome(StrEnum):
     INTERRUPTED = "interrupted"  # a human, a cancel, or a dead engine process stopped it
 
 
+class Interruption(StrEnum):
+    """Who stopped an attempt whose outcome is ``interrupted``."""
+
+    HUMAN = "human"  # run.interrupt(): the task goes to a human
+    ABANDONED = "abandoned"  # the task was abandoned while it ran
+    CANCELLED = "cancelled"  # the run was cancelled
+    ENGINE_DIED = "engine_died"  # the process driving the run ended; the next attempt may continue it
+
+
 S = TaskStatus
 # The only place that says which status may follow which. Everything that moves a
 # task goes through check_transition().
@@ -131,6 +140,9 @@ class Task:
     guidance: str | None = None  # a human's words for the next attempt
     status_reason: str | None = None
     created_by: str | None = None  # director, a planner task id, or a human source
+    # A merge task: the approved commit it integrates. Each attempt starts from this commit
+    # with the target's current tip merged in.
+    merge_source: str | None = None
     created_at: _dt.datetime = field(default_factory=utcnow)
     updated_at: _dt.datetime = field(default_factory=utcnow)
 
@@ -161,9 +173,14 @@ class Attempt:
     finished_at: _dt.datetime | None = None
     outcome: Outcome | None = None
     failure_reason: str | None = None
+    interruption: Interruption | None = None  # set when outcome is INTERRUPTED
     summary: str | None = None
     qa_feedback: str | None = None
     guidance: str | None = None  # what the human had said when this attempt started
+    # The attempt's worktree, recorded once git made it whole: its branch and the target
+    # commit it was cut from. An attempt without them never had a usable worktree.
+    branch: str | None = None
+    base_sha: str | None = None
     commit_sha: str | None = None  # the attempt's commit, when it changed anything
     diff: str | None = None  # what that commit changed against where the attempt started
 

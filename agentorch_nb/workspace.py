@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import shutil
 import threading
@@ -24,6 +25,9 @@ from pathlib import Path
 from .exceptions import WorkspaceError
 
 AUTHOR = ["-c", "user.name=agentorch", "-c", "user.email=agentorch@localhost"]
+# What a merge leaves in the git directory until it is concluded or aborted.
+MERGE_STATE = ("MERGE_HEAD", "MERGE_MSG", "MERGE_MODE", "MERGE_RR", "AUTO_MERGE")
+log = logging.getLogger("agentorch_nb.workspace")
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 
@@ -129,37 +133,88 @@ class Workspace:
         path = self.worktrees_dir / run_id / f"{task_id}-a{attempt}"
         return Worktree(path, f"agentorch/{run_id}/{task_id}/a{attempt}", "")
 
-    def create_worktree(self, run_id: str, task_id: str, attempt: int) -> Worktree:
-        """A fresh worktree and branch for one attempt, from the target's current tip."""
+    def create_worktree(self, run_id: str, task_id: str, attempt: int,
+                        start: str | None = None) -> Worktree:
+        """A fresh worktree and branch for one attempt, from ``start`` (default: the
+        target's current tip), proven whole before it is handed out."""
         wt = self.worktree_for(run_id, task_id, attempt)
         if wt.path.exists() or _git(self.root, "branch", "--list", wt.branch):
             self.remove_worktree(wt)  # left over from a crashed process
         wt.path.parent.mkdir(parents=True, exist_ok=True)
-        wt.base_sha = self.tip()
+        wt.base_sha = self._sha(start) if start else self.tip()
         with self._wt_lock:
             _git(self.root, "worktree", "add", "-q", "-b", wt.branch, str(wt.path), wt.base_sha)
+        problem = self.check_worktree(wt)
+        if problem:
+            self.remove_worktree(wt)
+            raise WorkspaceError(f"git made an incomplete worktree at {wt.path}: {problem}")
         return wt
 
-    def adopt_worktree(self, run_id: str, task_id: str, attempt: int) -> Worktree | None:
-        """The worktree an earlier attempt left, to continue in it; None if it is gone."""
+    def create_merge_worktree(self, run_id: str, task_id: str, attempt: int,
+                              source_sha: str) -> Worktree:
+        """A worktree for a merge task's attempt: the approved commit ``source_sha`` with
+        the target's current tip merged in, conflicts (markers and all) left to resolve."""
+        wt = self.create_worktree(run_id, task_id, attempt, start=source_sha)
+        self.merge_target_into(wt)
+        return wt
+
+    def check_worktree(self, wt: Worktree) -> str | None:
+        """Why ``wt`` is not a whole checkout of its branch, or None. git locks a worktree
+        as 'initializing' until its checkout is complete; HEAD must name a commit on the
+        worktree's own branch that descends from where the attempt started."""
+        dot_git = wt.path / ".git"
+        if not dot_git.is_file():
+            return "no .git file"
+        admin = _admin_dir(wt.path)
+        if admin is None:
+            return "git does not list it as a worktree"
+        if (admin / "locked").exists():
+            return "its checkout never completed (git left it locked)"
+        head = _git(wt.path, "rev-parse", "--verify", "-q", "HEAD^{commit}", check=False)
+        if not head:
+            return "its HEAD names no commit"
+        branch = _git(wt.path, "symbolic-ref", "-q", "--short", "HEAD", check=False)
+        if branch != wt.branch:
+            return f"it has {branch or 'a detached HEAD'} checked out, not {wt.branch}"
+        if wt.base_sha and not self._is_ancestor(wt.base_sha, head):
+            return f"its branch does not descend from {wt.base_sha[:10]}"
+        return None
+
+    def adopt_worktree(self, run_id: str, task_id: str, attempt: int,
+                       base_sha: str) -> Worktree | None:
+        """The worktree an earlier attempt left, to continue in it: only if git shows it
+        whole (:meth:`check_worktree`); otherwise it is removed and None is returned."""
         wt = self.worktree_for(run_id, task_id, attempt)
-        if not (wt.path / ".git").exists():
+        wt.base_sha = base_sha
+        if not wt.path.exists():
             return None
-        wt.base_sha = _git(self.root, "merge-base", wt.branch, self.target)
+        if self.check_worktree(wt):
+            self.remove_worktree(wt)
+            return None
         return wt
 
     def remove_worktree(self, wt: Worktree, delete_branch: bool = True) -> None:
+        """Remove a worktree whatever state a crash left it in (locked, half checked out,
+        HEAD unborn), its administrative files in the git directory, and its branch."""
         with self._wt_lock:
             if wt.path.exists():
                 # Twice --force: also a worktree left locked by a git killed while adding it.
                 _git(self.root, "worktree", "remove", "--force", "--force", str(wt.path), check=False)
                 shutil.rmtree(wt.path, ignore_errors=True)
+            admin = _admin_dir(wt.path, self.git_dir)
+            if admin is not None:  # git refuses to prune a locked entry: drop it ourselves
+                shutil.rmtree(admin, ignore_errors=True)
             _git(self.root, "worktree", "prune", check=False)
             if delete_branch:
                 _git(self.root, "branch", "-D", wt.branch, check=False)
 
     def commit_all(self, wt: Worktree, message: str) -> str | None:
-        """Commit everything in the worktree; the new SHA, or None when nothing changed."""
+        """Commit everything in the worktree; the new SHA, or None when nothing changed.
+        A worktree git does not show whole is refused: committing a half-made checkout
+        would record the deletion of every file it lacks."""
+        problem = self.check_worktree(wt)
+        if problem:
+            raise WorkspaceError(f"refusing to commit {wt.path}: {problem}")
         _git(wt.path, "add", "-A")
         if not _git(wt.path, "status", "--porcelain"):
             return None
@@ -202,8 +257,12 @@ class Workspace:
     def merge(self, source_sha: str, message: str) -> MergeResult:
         """Merge ``source_sha`` (the approved commit, not whatever its branch holds later) into
         the target branch: fast-forward when possible, else a merge commit with ``message``.
-        A conflict is aborted and reported; the target is never left mid-merge."""
+        A conflict is aborted and reported; the target is never left mid-merge. Whatever an
+        earlier crash left on the target (a merge cut off, git's stale locks) is repaired
+        first, so a new run on a workspace nobody resumed still merges."""
         with self.merge_lock():
+            for line in self._repair_target():
+                log.warning("%s: %s", self.root, line)
             self.require_clean()
             before = self.tip()
             result = MergeResult("up_to_date", source_sha, self.target)
@@ -211,7 +270,7 @@ class Workspace:
                 result.result_sha = before
                 return result
             # Says "a merge is under way from <before>" to a process that finds it after a crash.
-            self._marker.write_text(f"{before} {source_sha}\n")
+            _write_durably(self._marker, f"{before} {source_sha}\n")
             try:
                 _git(self.root, *AUTHOR, "merge", "--no-edit", "-m", message, source_sha)
             except Exception:  # noqa: BLE001 - any failure: restore the target, then report
@@ -230,6 +289,24 @@ class Workspace:
             result.files_changed = _git(self.root, "diff", "--name-only", before, after).splitlines()
             return result
 
+    def landed(self, source_sha: str, since: str) -> MergeResult | None:
+        """Where git has ``source_sha`` in the target: the first commit on the target's
+        first-parent history after ``since`` that contains it (the merge commit, or the
+        source itself for a fast-forward); None when the target does not contain it."""
+        tip = self.tip()
+        if not self._is_ancestor(source_sha, tip):
+            return None
+        source = self._sha(source_sha)
+        if self._is_ancestor(source, since):
+            return MergeResult("up_to_date", source, self.target, since)
+        for commit in _git(self.root, "rev-list", "--first-parent", "--reverse",
+                           f"{since}..{tip}").split():
+            if self._is_ancestor(source, commit):
+                files = _git(self.root, "diff", "--name-only", since, commit).splitlines()
+                status = "fast_forward" if commit == source else "merged"
+                return MergeResult(status, source, self.target, commit, files)
+        return MergeResult("merged", source, self.target, tip)
+
     def _sha(self, rev: str) -> str:
         return _git(self.root, "rev-parse", f"{rev}^{{commit}}")
 
@@ -246,8 +323,45 @@ class Workspace:
         """Leave no merge half-done on the target branch."""
         if (self.git_dir / "MERGE_HEAD").exists():
             _git(self.root, "merge", "--abort", check=False)
+        self._clear_merge_state()
         if restore_to and self.tip() != restore_to:
             _git(self.root, "reset", "--hard", "-q", restore_to)
+
+    def _clear_merge_state(self) -> None:
+        for name in MERGE_STATE:
+            (self.git_dir / name).unlink(missing_ok=True)
+
+    def _repair_target(self, lock_age: float = 60.0) -> list[str]:
+        """Undo what a crash in the middle of a merge left on the target, in the order that
+        can always go on: git's stale locks first (every repair below needs the index),
+        then the merge our marker names. Call with the merge lock held."""
+        report = self._remove_stale_locks(lock_age)
+        if not self._marker.exists():
+            if (self.git_dir / "MERGE_HEAD").exists():
+                report.append(f"{self.target} is in the middle of a merge agentorch did not "
+                              "start: left alone (git merge --abort undoes it)")
+            return report
+        parts = self._marker.read_text().split()
+        before, source = (parts + ["", ""])[:2]
+        tip = self.tip()
+        if not before or tip == before:
+            # The merge commit was never made: back to where the target was, index and files.
+            self._clear_merge_state()
+            if before:
+                _git(self.root, "reset", "--hard", "-q", before)
+            report.append(f"undid a merge cut off on {self.target}; it is back at {before[:10]}")
+        elif source and self._is_ancestor(source, tip):
+            # git made the merge commit and died before cleaning up: keep the commit, drop
+            # the merge state it left, and make index and files match it.
+            self._clear_merge_state()
+            _git(self.root, "reset", "--hard", "-q", tip)
+            report.append(f"a merge into {self.target} was cut off after its commit "
+                          f"({tip[:10]}); kept it and cleared the merge state")
+        else:
+            report.append(f"{self.target} moved to {tip[:10]} during a merge agentorch started "
+                          f"from {before[:10]}, without that merge: left alone")
+        self._marker.unlink(missing_ok=True)
+        return report
 
     # --------------------------------------------------------------- hygiene
     def run_worktrees(self, run_id: str | None = None) -> list[Worktree]:
@@ -289,48 +403,70 @@ class Workspace:
     def reconcile(self, run_id: str, known: set[str], lock_age: float = 60.0) -> list[str]:
         """After a crash: make the repository agree with the store, and say what was done.
 
-        A merge left half-done on the target is aborted (the target goes back to its last
-        commit); worktrees of this run whose branch the store does not know are removed;
-        git's lock files that no process holds open (a git that died with the engine) are
-        removed, as are, where that cannot be told, those older than ``lock_age`` seconds;
-        the others are reported, not touched."""
-        import time
-
-        report = []
+        Stale git locks go first (a git that died with the engine leaves them, and every
+        other repair needs them gone); then a merge left half-done on the target is undone,
+        or kept if git made its commit, and its merge state cleared; then worktrees of this
+        run whose branch ``known`` does not list (no attempt recorded them whole) are
+        removed, with their branches. A lock that may still be held (a process has it open,
+        or where that cannot be told, one younger than ``lock_age`` seconds) is reported,
+        not touched."""
         with self.merge_lock():
-            if self._marker.exists():
-                before = self._marker.read_text().split()[0]
-                tip = self.tip()
-                if tip == before:  # the merge commit was not made: restore index and files
-                    self.abort_merge(before)
-                    _git(self.root, "reset", "--hard", "-q", before)
-                    report.append(f"aborted a merge left half-done on {self.target}; "
-                                  f"it is back at {before[:10]}")
-                else:
-                    report.append(f"a merge into {self.target} was cut off after its commit "
-                                  f"({tip[:10]}); kept")
-                self._marker.unlink(missing_ok=True)
-            elif (self.git_dir / "MERGE_HEAD").exists():
-                report.append(f"{self.target} is in the middle of a merge agentorch did not "
-                              "start: left alone (git merge --abort undoes it)")
+            report = self._repair_target(lock_age)
         for wt in self.run_worktrees(run_id):
             if wt.branch not in known:
                 self.remove_worktree(wt)
-                report.append(f"removed worktree {wt.path} (branch {wt.branch}) that the store does not know")
+                report.append(f"removed worktree {wt.path} (branch {wt.branch}) that no "
+                              "attempt recorded whole")
+        for branch in self._branches(f"agentorch/{run_id}/"):
+            if branch not in known and not any(w.branch == branch for w in self.run_worktrees(run_id)):
+                with self._wt_lock:
+                    _git(self.root, "branch", "-D", branch, check=False)
+                report.append(f"removed branch {branch} that no attempt recorded")
+        return report
+
+    def _branches(self, prefix: str) -> list[str]:
+        return _git(self.root, "branch", "--list", f"{prefix}*",
+                    "--format=%(refname:short)").split()
+
+    def _remove_stale_locks(self, lock_age: float) -> list[str]:
+        report = []
         # packed-refs.new is the half-written file that goes with packed-refs.lock.
         locks = [*self.git_dir.glob("*.lock"), *self.git_dir.glob("refs/**/*.lock"),
                  *self.git_dir.glob("worktrees/*/*.lock"), *self.git_dir.glob("packed-refs.new")]
         for lock in locks:
-            if lock.name == "agentorch-merge.lock" or not lock.exists():
+            if lock.name == "agentorch-merge.lock":
                 continue  # our own flock file lives there for good
-            age = time.time() - lock.stat().st_mtime
-            held = _held_open(lock)
-            if held is False or (held is None and age > lock_age):
-                lock.unlink(missing_ok=True)
+            state, age = _settle_lock(lock, lock_age)
+            if state == "removed":
                 report.append(f"removed stale {lock} ({age:.0f} s old, no process holds it)")
-            else:
+            elif state == "held":
                 report.append(f"{lock} is {age:.0f} s old and may be held by a running git; left alone")
         return report
+
+
+def _settle_lock(lock: Path, lock_age: float, grace: float = 1.0,
+                 wait: float = 10.0) -> tuple[str, float]:
+    """Remove ``lock`` if no process holds it: ``("removed" | "gone" | "held", age)``.
+
+    A git still at work (a child that outlived its engine) holds its lock open, and is
+    given ``wait`` seconds to finish. A lock nobody holds must also be ``grace`` seconds
+    old: git closes a lock file a moment before it renames it into place. Where /proc
+    cannot tell who holds what, only a lock older than ``lock_age`` is removed."""
+    import time
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return "gone", 0.0
+        held = _held_open(lock)
+        if (held is False and age >= grace) or (held is None and age > lock_age):
+            lock.unlink(missing_ok=True)
+            return "removed", age
+        if time.monotonic() >= deadline:
+            return "held", age
+        time.sleep(0.05 if held else min(max(grace - age, 0.05), 0.5))
 
 
 def _held_open(path: Path) -> bool | None:
@@ -374,3 +510,37 @@ def init_workspace(path: str | os.PathLike, branch: str = "main") -> Workspace:
         _git(root, "add", "README.md")
         _git(root, *AUTHOR, "commit", "-q", "-m", "Initial commit")
     return Workspace(root)
+
+
+def _admin_dir(path: Path, git_dir: Path | None = None) -> Path | None:
+    """The administrative directory git keeps for the worktree at ``path``
+    (``<git-dir>/worktrees/<name>``): named by its ``.git`` file, or, when a crash left no
+    such file, found by the ``gitdir`` entry that points back at ``path``."""
+    try:
+        text = (path / ".git").read_text().strip()
+    except OSError:
+        text = ""
+    if text.startswith("gitdir:"):
+        admin = Path(text[7:].strip())
+        admin = admin if admin.is_absolute() else (path / admin).resolve()
+        return admin if admin.is_dir() else None
+    if git_dir is None:
+        return None
+    target = str(path / ".git")
+    for entry in (git_dir / "worktrees").glob("*/gitdir"):
+        try:
+            if entry.read_text().strip() == target:
+                return entry.parent
+        except OSError:
+            continue
+    return None
+
+
+def _write_durably(path: Path, text: str) -> None:
+    """Write a small file and fsync it: it must be on disk before the step it announces."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)

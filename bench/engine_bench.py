@@ -307,7 +307,7 @@ async def engine_run(tmp: Path, tag: str, specs: list[ao.TaskSpec],
         async with LagProbe() as probe:
             t0 = time.perf_counter()
             run = orch.start(f"bench {tag}")
-            engine = run._engine  # finished runs leave the live table; keep it for its counters
+            engine = run.engine  # finished runs leave the live table; keep it for its counters
             try:
                 status = await run.wait(timeout)
             except TimeoutError:

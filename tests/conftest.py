@@ -22,9 +22,9 @@ def _forget_runs():
     """Runs a test leaves paused stay in the process's table of live engines (as they would in
     a kernel); drop them so one test's objects do not slow the next one's garbage collection."""
     yield
-    from agentorch_nb import orchestrator
+    from agentorch_nb import live
 
-    orchestrator._LIVE.clear()
+    live.clear()
 
 
 @pytest.fixture

@@ -13,8 +13,7 @@ import json
 import operator
 from typing import Annotated, Any, Protocol, TypedDict
 
-from ..engine.resume import ENGINE_DIED
-from ..model import Outcome, WorkResult
+from ..model import Interruption, WorkResult
 from .structured import live_chunks, profile_guidance, prompt
 
 
@@ -58,7 +57,7 @@ class ReActWorker:
             "finish": None, "tool_calls": 0}
         previous = ctx.history[-1] if ctx.history else None
         if (self.checkpointer is not None and previous is not None
-                and previous.outcome == Outcome.INTERRUPTED and previous.failure_reason == ENGINE_DIED):
+                and previous.interruption == Interruption.ENGINE_DIED):
             # The last attempt was cut off by a dead process, not judged: go on where it was.
             old = thread_id(ctx.run_id, task.id, previous.number)
             if await self.checkpointer.aget_tuple({"configurable": {"thread_id": old}}):

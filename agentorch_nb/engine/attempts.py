@@ -1,8 +1,10 @@
 """One attempt of one task, from launch to its end: the worker under its timeout, the commit
 of its worktree, QA, the merge, and every way it can fail (Phoenix decides what follows).
 
-A mixin of :class:`agentorch_nb.engine.dispatch.Engine`, kept apart because it is the part of
-the engine that awaits agents; the rest of the engine only does bookkeeping.
+This module is part of :class:`agentorch_nb.engine.dispatch.Engine`: ``AttemptLifecycle`` is
+one of its base classes, not a collaborator, and shares the engine's private state. It is
+kept apart because it is the part of the engine that awaits agents and git; the rest of the
+engine only does bookkeeping.
 """
 
 from __future__ import annotations
@@ -13,15 +15,22 @@ import traceback
 
 from ..exceptions import CycleError, InvalidInput, UnknownTask
 from ..llm.errors import BudgetExceeded
-from ..model import Attempt, Outcome, Profile, Task, TaskSpec, TaskStatus, WorkResult, utcnow
+from ..model import (
+    Attempt,
+    Interruption,
+    Outcome,
+    Profile,
+    Task,
+    TaskSpec,
+    TaskStatus,
+    WorkResult,
+    utcnow,
+)
 from . import phoenix
 from .protocols import Context
 
 log = logging.getLogger("agentorch_nb.engine")
 S = TaskStatus
-
-# Why a running attempt was stopped from outside, and what it becomes.
-STOP_INTERRUPT, STOP_ABANDON, STOP_CANCEL = "interrupt", "abandon", "cancel"
 
 
 class AttemptLifecycle:
@@ -32,8 +41,8 @@ class AttemptLifecycle:
         attempt = Attempt(self.run_id, tid, task.attempts, utcnow(), guidance=task.guidance)
         self.attempts[tid].append(attempt)
         self.move(tid, S.ACTIVE)
-        self._emit("attempt_started", tid, attempt=attempt.number)
-        self._save_attempt(attempt)
+        self.record_event("attempt_started", tid, attempt=attempt.number)
+        self.save_attempt(attempt)
         ctx = Context(self.run_id, self.objective, self.workspace, tid, attempt.number,
                       history, task.guidance, _engine=self)
         runner = self.loop.create_task(self._attempt(task, attempt, ctx),
@@ -68,7 +77,7 @@ class AttemptLifecycle:
                     if not merged.ok and task.profile != Profile.MERGE:
                         # Approved work that collides with the target: a merge task resolves
                         # the conflicts in this attempt's worktree; the task waits for it.
-                        await self._hand_to_merge_task(task, attempt, sha, merged.conflicts)
+                        self._hand_to_merge_task(task, attempt, sha, merged.conflicts)
                         return
                     if not merged.ok:
                         raise _Failed(Outcome.ERROR, "merge conflict with the target branch in "
@@ -95,7 +104,7 @@ class AttemptLifecycle:
                 self._fail(task, attempt, failed.outcome, failed.reason, failed.feedback,
                            escalate=failed.escalate)
                 return
-            self._finish_attempt(attempt, Outcome.APPROVED)
+            self.finish_attempt(attempt, Outcome.APPROVED)
             self.move(tid, S.COMPLETE)
             for waiting in self._merged_for(tid):
                 self.move(waiting, S.COMPLETE, f"integrated by merge task {tid}")
@@ -110,7 +119,7 @@ class AttemptLifecycle:
                 await asyncio.shield(self.store.flush())
                 if task.status == S.COMPLETE:
                     for done in [tid, *self._integrated.pop(tid, [])]:
-                        self._dirty.update(self.graph.dependents(done))
+                        self.mark_dirty(*self.graph.dependents(done))
                 self.wake()
                 if self.integration is not None:
                     await asyncio.shield(self.integration.release(
@@ -119,32 +128,46 @@ class AttemptLifecycle:
                 self._finishing.discard(tid)
                 self.wake()
 
-    async def _hand_to_merge_task(self, task: Task, attempt: Attempt, sha: str,
-                                  conflicts: list[str]) -> None:
-        """``task``'s approved commit conflicts with the target: the target is merged into its
-        worktree (leaving the conflicts there) and a ``merge`` task resolves them, goes
-        through QA and integrates the result; ``task`` stays awaiting_qa until then."""
-        wt = await self.integration.start_merge_in_worktree(task, attempt)
-        self._finish_attempt(attempt, Outcome.APPROVED)
+    def _hand_to_merge_task(self, task: Task, attempt: Attempt, sha: str,
+                            conflicts: list[str]) -> None:
+        """``task``'s approved commit conflicts with the target: a ``merge`` task integrates
+        it. Each of its attempts starts from that commit with the target's tip of the moment
+        merged in (conflict markers left for the merge worker), goes through QA and merges;
+        ``task`` stays awaiting_qa until then."""
+        self.finish_attempt(attempt, Outcome.APPROVED)
         target = self.integration.git.target
         spec = TaskSpec(
             title=f"Merge: {task.title}",
-            description=(f"The approved work of task {task.id} ({task.title}) conflicts with "
-                         f"{target}. {target} has been merged into its branch {wt.branch} in "
-                         f"this worktree, leaving conflict markers in: {', '.join(conflicts)}. "
-                         "Resolve every conflict so that both sides' intent survives, remove the "
-                         "markers, run the checks, and finish."),
+            description=(f"The approved work of task {task.id} ({task.title}, commit {sha[:10]}) "
+                         f"conflicts with {target}. This worktree holds that work with "
+                         f"{target}'s current tip merged in, leaving conflict markers in: "
+                         f"{', '.join(conflicts)} (and any file that conflicts with what "
+                         f"{target} gained since). Resolve every conflict so that both sides' "
+                         "intent survives, remove the markers, run the checks, and finish."),
             acceptance_criteria=["no conflict markers remain",
                                  f"both {target}'s changes and the task's changes are kept",
                                  *task.acceptance_criteria],
             profile=Profile.MERGE, phase=task.phase, max_retries=task.max_retries)
         (merge,) = self.add_tasks([spec], created_by=f"merge:{task.id}")
-        merge.branch, merge.worktree = wt.branch, str(wt.path)
-        self._save(merge)
+        merge.merge_source = sha
+        self.save_task(merge)
         self._merging[task.id] = merge.id
         task.status_reason = f"waits for merge task {merge.id} to integrate its work"
-        self._save(task)
-        self._emit("merge_task", task.id, merge_task=merge.id, conflicts=conflicts, source_sha=sha)
+        self.save_task(task)
+        self.record_event("merge_task", task.id, merge_task=merge.id, conflicts=conflicts,
+                          source_sha=sha)
+
+    def complete_landed(self, task_id: str, attempt_no: int) -> None:
+        """Git shows this attempt's approved commit in the target although the engine that
+        merged it stopped before recording the end: the task is complete (resume)."""
+        attempt = self.attempts[task_id][attempt_no - 1]
+        if attempt.outcome is None:
+            self.finish_attempt(attempt, Outcome.APPROVED)
+        self.move(task_id, S.COMPLETE, "its merge had landed when the engine stopped")
+        for waiting in self._merged_for(task_id):
+            self.move(waiting, S.COMPLETE, f"integrated by merge task {task_id}")
+        for done in [task_id, *self._integrated.pop(task_id, [])]:
+            self.mark_dirty(*self.graph.dependents(done))
 
     def _merged_for(self, merge_id: str) -> list[str]:
         """Tasks whose work the merge task ``merge_id`` has just integrated."""
@@ -185,18 +208,20 @@ class AttemptLifecycle:
             self._fatal = runner.exception()
             self.wake()
 
-    def _finish_attempt(self, attempt: Attempt, outcome: Outcome, reason: str | None = None) -> None:
+    def finish_attempt(self, attempt: Attempt, outcome: Outcome, reason: str | None = None,
+                        interruption: Interruption | None = None) -> None:
         attempt.finished_at = utcnow()
         attempt.outcome = outcome
         attempt.failure_reason = reason
-        self._save_attempt(attempt)
-        self._emit("attempt_finished", attempt.task_id, attempt=attempt.number,
-                   outcome=outcome, reason=reason)
+        attempt.interruption = interruption
+        self.save_attempt(attempt)
+        self.record_event("attempt_finished", attempt.task_id, attempt=attempt.number,
+                          outcome=outcome, reason=reason, interruption=interruption)
 
     def _fail(self, task: Task, attempt: Attempt, outcome: Outcome, reason: str,
               feedback: str | None = None, escalate: str | None = None) -> None:
         attempt.qa_feedback = feedback or attempt.qa_feedback
-        self._finish_attempt(attempt, outcome, reason)
+        self.finish_attempt(attempt, outcome, reason)
         self.move(task.id, S.FAILED, reason)
         if escalate == "budget":
             # Spending more cannot help: hold new work and ask a human.
@@ -218,23 +243,23 @@ class AttemptLifecycle:
 
     def _stopped(self, task: Task, attempt: Attempt) -> None:
         """The attempt's coroutine was cancelled: say why it was, and where the task goes."""
-        why = self._stop_reason.pop(task.id, STOP_CANCEL)
-        if why == STOP_INTERRUPT:
-            self._finish_attempt(attempt, Outcome.INTERRUPTED, "interrupted by a human")
+        why = self._stop_reason.pop(task.id, Interruption.CANCELLED)
+        if why == Interruption.HUMAN:
+            self.finish_attempt(attempt, Outcome.INTERRUPTED, "interrupted by a human", why)
             self.move(task.id, S.WAITING_HUMAN, "interrupted by a human")
             self.raise_interrupt(task.id, "human", "interrupted by a human while it ran")
-        elif why == STOP_ABANDON:
-            self._finish_attempt(attempt, Outcome.INTERRUPTED, "task abandoned")
+        elif why == Interruption.ABANDONED:
+            self.finish_attempt(attempt, Outcome.INTERRUPTED, "task abandoned", why)
             self.move(task.id, S.ABANDONED, "abandoned while it ran")
         else:
-            self._finish_attempt(attempt, Outcome.INTERRUPTED, "run cancelled")
+            self.finish_attempt(attempt, Outcome.INTERRUPTED, "run cancelled", why)
             self.move(task.id, S.FAILED, "run cancelled")
 
-    def stop_attempt(self, task_id: str, why: str) -> None:
+    def stop_attempt(self, task_id: str, why: Interruption) -> None:
         self._stop_reason[task_id] = why
         self.running[task_id].cancel()
 
-    async def _stop_workers(self, why: str) -> None:
+    async def _stop_workers(self, why: Interruption) -> None:
         if self._reviewing is not None:
             self._reviewing.cancel()
         pending = list(self.running.items())

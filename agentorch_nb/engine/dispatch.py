@@ -17,18 +17,20 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config
-from ..dag import TaskGraph, _natural
+from ..dag import TaskGraph, natural_key
 from ..exceptions import InvalidInput, ResolutionError, UnknownTask
 from ..model import (
     Attempt,
     Interrupt,
+    Interruption,
     Profile,
     RunStatus,
     Task,
@@ -38,10 +40,14 @@ from ..model import (
     utcnow,
 )
 from ..store import Store
+from ..store.store import Busy
 from ..store.records import attempt_row, interrupt_row, task_row
-from .attempts import STOP_CANCEL, AttemptLifecycle
+from .attempts import AttemptLifecycle
 from .integration import Integration
 from .protocols import Agents, Context
+
+if TYPE_CHECKING:
+    from .resume import StoredRun
 
 log = logging.getLogger("agentorch_nb.engine")
 S = TaskStatus
@@ -81,6 +87,7 @@ class Engine(AttemptLifecycle):
         self._finishing: set[str] = set()  # ended attempts still writing or releasing their worktree
         self._attempt_tasks: set[asyncio.Task] = set()  # every attempt coroutine not done yet
         self.budget_hold = False  # the LLM budget is spent: start nothing until a human retries
+        self.store_busy: Busy | None = None  # another process holds the store: start nothing
         self._reviewing: asyncio.Task | None = None  # the Director's review of the planned graph
         self._review_wanted = False  # plan tasks exist that the Director has not reviewed yet
         self._plan_counts: Counter[TaskStatus] = Counter()  # statuses of plan-profile tasks
@@ -104,7 +111,8 @@ class Engine(AttemptLifecycle):
         self.observers: list[Callable[[dict[str, Any]], None]] = []
 
     # ------------------------------------------------------------- recording
-    def _emit(self, kind: str, task_id: str | None = None, /, **payload: Any) -> None:
+    def record_event(self, kind: str, task_id: str | None = None, /, **payload: Any) -> None:
+        """Append one event (the run's record) and tell the observers."""
         self._seq += 1
         row = {"run_id": self.run_id, "seq": self._seq, "ts": utcnow(), "task_id": task_id,
                "kind": kind, "payload": payload}
@@ -121,11 +129,12 @@ class Engine(AttemptLifecycle):
                 log.exception("run %s: observer %r failed and was removed", self.run_id, fn)
                 self.observers.remove(fn)
 
-    def _save(self, task: Task) -> None:
+    def save_task(self, task: Task) -> None:
+        """Write the task's current row (queued; on disk at the next flush)."""
         task.updated_at = utcnow()
         self.store.upsert("tasks", task_row(task))
 
-    def _save_attempt(self, a: Attempt) -> None:
+    def save_attempt(self, a: Attempt) -> None:
         self.store.upsert("attempts", attempt_row(a))
 
     def save_run(self) -> None:
@@ -157,15 +166,41 @@ class Engine(AttemptLifecycle):
         self._publish("chunk", {"run_id": self.run_id, "task_id": task_id, "attempt": attempt,
                                 "role": role, "content": text})
 
-    def _set_run_status(self, status: RunStatus, error: str | None = None) -> None:
+    def set_run_status(self, status: RunStatus, error: str | None = None) -> None:
         if status == self.status and error is None:
             return
-        self._emit("run_status", None, **{"from": self.status, "to": status, "error": error})
+        self.record_event("run_status", None, **{"from": self.status, "to": status, "error": error})
         self.status = status
         if error:
             self.error = error
         self.save_run()
         self._notify()
+
+    def mark_dirty(self, *task_ids: str) -> None:
+        """These tasks' readiness may have changed: the next step looks at them."""
+        self._dirty.update(task_ids)
+
+    def record_dependencies(self, task_id: str, kind: str, depends_on: str) -> None:
+        """``task_id``'s dependencies were edited in the graph (``kind``: dep_added or
+        dep_removed ``depends_on``): record it and keep the task's row in step."""
+        task = self.tasks[task_id]
+        task.depends_on = self.graph.dependencies(task_id)
+        self.record_event(kind, task_id, depends_on=depends_on)
+        self.store.set_deps(self.run_id, task_id, task.depends_on)
+        self.save_task(task)
+        self._priority = None
+
+    def cancel(self) -> None:
+        """Stop the run: the loop cancels every attempt and ends ``cancelled``."""
+        if self._main_task is not None:
+            self._main_task.cancel()
+
+    @property
+    def ended(self) -> bool:
+        """The loop has finished (or its event loop is gone): nothing drives the run here."""
+        if self.loop is not None and self.loop.is_closed():
+            return True
+        return self._main_task is not None and self._main_task.done()
 
     def _notify(self) -> None:
         if self._changed is not None:
@@ -175,7 +210,7 @@ class Engine(AttemptLifecycle):
         """The one way a task's status changes: checked against the table, then recorded."""
         task = self.tasks[task_id]
         check_transition(task_id, task.status, to)
-        self._emit("task_status", task_id, **{"from": task.status, "to": to, "reason": reason})
+        self.record_event("task_status", task_id, **{"from": task.status, "to": to, "reason": reason})
         self._counts[task.status] -= 1
         self._counts[to] += 1
         if task.profile == Profile.PLAN:
@@ -183,17 +218,50 @@ class Engine(AttemptLifecycle):
             self._plan_counts[to] += 1
         task.status = to
         task.status_reason = reason
-        self._save(task)
+        self.save_task(task)
         if to == S.PLANNED:
             self._dirty.add(task_id)
         elif to == S.READY:
-            heapq.heappush(self._ready, (-self._prio(task_id), _natural(task_id), task_id))
+            heapq.heappush(self._ready, (-self._prio(task_id), natural_key(task_id), task_id))
         elif to == S.ABANDONED:
             self._dirty.update(self.graph.dependents(task_id))
             if task.profile == Profile.MERGE:
                 self._merge_task_gone(task_id)
         # COMPLETE: dependents are looked at once the completion is on disk (_attempt).
         self._notify()
+
+    def restore(self, stored: StoredRun) -> None:
+        """Take on a run as the store holds it (see :mod:`.resume`): tasks, graph, attempts,
+        open interrupts, the event sequence, and which tasks wait for a merge task."""
+        run = stored.run
+        self.created_at = run["created_at"]
+        self.status = RunStatus(run["status"])
+        for task in sorted(stored.tasks, key=lambda t: natural_key(t.id)):
+            self.tasks[task.id] = task
+            self.attempts[task.id] = []
+            self.graph.add_task(task.id)
+            self._counts[task.status] += 1
+            if task.profile == Profile.PLAN:
+                self._plan_counts[task.status] += 1
+        for tid, task in self.tasks.items():
+            for dep in task.depends_on:
+                self.graph.add_dependency(tid, dep)
+            if (task.created_by or "").startswith("merge:") and not task.status.terminal:
+                waiting = task.created_by.split(":", 1)[1]
+                if waiting in self.tasks and self.tasks[waiting].status == S.AWAITING_QA:
+                    self._merging[waiting] = tid
+        for a in stored.attempts:
+            self.attempts[a.task_id].append(a)
+        for it in stored.interrupts:
+            self.open_interrupts[it.task_id] = it
+        self._review_wanted = self._plans_open() > 0
+        self._seq = stored.last_seq
+        self.planned = stored.planned
+        self._next_task = 1 + max((int(t[1:]) for t in self.tasks if t[1:].isdigit()), default=0)
+
+    def waits_for_merge_task(self, task_id: str) -> bool:
+        """``task_id`` is approved work that a merge task is integrating."""
+        return task_id in self._merging
 
     # ----------------------------------------------------------------- tasks
     def add_tasks(self, specs: list[TaskSpec], created_by: str) -> list[Task]:
@@ -226,7 +294,7 @@ class Engine(AttemptLifecycle):
                 if dep not in self.tasks and dep not in new_ids:
                     raise UnknownTask(d, self.run_id)
                 deps.append(dep)
-            task.depends_on = sorted(set(deps), key=_natural)
+            task.depends_on = sorted(set(deps), key=natural_key)
         for task in new:
             self.graph.add_task(task.id)
         try:
@@ -235,7 +303,7 @@ class Engine(AttemptLifecycle):
                     self.graph.add_dependency(task.id, dep)
         except Exception:
             for task in new:
-                self.graph._g.remove_node(task.id)
+                self.graph.remove_task(task.id)
             raise
         self._next_task += len(new)
         for task in new:
@@ -245,9 +313,9 @@ class Engine(AttemptLifecycle):
             if task.profile == Profile.PLAN:
                 self._plan_counts[task.status] += 1
                 self._review_wanted = True
-            self._emit("task_created", task.id, title=task.title, profile=task.profile,
+            self.record_event("task_created", task.id, title=task.title, profile=task.profile,
                        depends_on=task.depends_on, created_by=created_by)
-            self._save(task)
+            self.save_task(task)
             self.store.set_deps(self.run_id, task.id, task.depends_on)
             self._dirty.add(task.id)
         self._priority = None
@@ -286,12 +354,33 @@ class Engine(AttemptLifecycle):
         self.loop = loop
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
+        self.store.busy_listeners.append(self._on_store_busy)
         self._main_task = loop.create_task(self._main(), name=f"agentorch:{self.run_id}")
         return self._main_task
 
     def wake(self) -> None:
         if self._wake is not None:
             self._wake.set()
+
+    def _on_store_busy(self, busy: Busy | None) -> None:
+        """From the store's thread: another process holds the file past lock_timeout (busy),
+        or let go of it (None)."""
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._store_busy_changed, busy)
+
+    def _store_busy_changed(self, busy: Busy | None) -> None:
+        # Writes wait in the store's queue meanwhile; new attempts would only add to it, so
+        # none starts until the file is free. Attempts already running go on.
+        was, self.store_busy = self.store_busy, busy
+        if busy is not None:
+            log.warning("run %s: no new attempt starts while the store is held by %s",
+                        self.run_id, busy.describe())
+        elif was is not None:
+            self.record_event("store_busy", None, holder=was.holder, waited=round(
+                time.time() - was.since, 1))
+        self._notify()
+        self.wake()
 
     async def _main(self) -> None:
         try:
@@ -308,14 +397,14 @@ class Engine(AttemptLifecycle):
                     break
                 await self._wake.wait()
         except asyncio.CancelledError:
-            await self._stop_workers(STOP_CANCEL)
+            await self._stop_workers(Interruption.CANCELLED)
             if not self.status.finished:
-                self._set_run_status(RunStatus.CANCELLED)
+                self.set_run_status(RunStatus.CANCELLED)
             raise
         except Exception as exc:  # noqa: BLE001 - stored on the run, shown to the user
             log.exception("run %s failed", self.run_id)
-            await self._stop_workers(STOP_CANCEL)
-            self._set_run_status(RunStatus.FAILED, f"{type(exc).__name__}: {exc}")
+            await self._stop_workers(Interruption.CANCELLED)
+            self.set_run_status(RunStatus.FAILED, f"{type(exc).__name__}: {exc}")
         finally:
             pending = [t for t in self._attempt_tasks if not t.done()]
             if pending:  # stopped attempts still recording their end: let them finish first
@@ -325,6 +414,8 @@ class Engine(AttemptLifecycle):
                     await self.integration.finish_run()
                 except Exception:  # noqa: BLE001 - leftovers are reported by orch.cleanup()
                     log.exception("cleaning up the worktrees of run %s failed", self.run_id)
+            if self._on_store_busy in self.store.busy_listeners:
+                self.store.busy_listeners.remove(self._on_store_busy)
             for cb in self.on_stop:
                 cb(self)
             await self.store.flush()
@@ -338,7 +429,7 @@ class Engine(AttemptLifecycle):
             raise InvalidInput("the Director produced no tasks for this objective")
         self.add_tasks(list(specs), created_by="director")
         self.planned = True
-        self._emit("planned", None, tasks=len(specs))
+        self.record_event("planned", None, tasks=len(specs))
         await self.store.flush()
 
     def _step(self) -> None:
@@ -356,7 +447,8 @@ class Engine(AttemptLifecycle):
                                      abandoned=gone)
         if self._review_wanted and self._reviewing is None and not self._plans_open():
             self._start_review()
-        if self.status in (RunStatus.RUNNING, RunStatus.PAUSED) and not self.budget_hold:
+        if (self.status in (RunStatus.RUNNING, RunStatus.PAUSED) and not self.budget_hold
+                and self.store_busy is None):
             held = []
             while self._ready and len(self.running) < self.config.max_concurrent_workers:
                 entry = heapq.heappop(self._ready)
@@ -396,11 +488,11 @@ class Engine(AttemptLifecycle):
         judging = c[S.AWAITING_QA] - len(self._merging)  # the rest wait for their merge task
         if (self.running or self._finishing or self._dirty or self._reviewing is not None
                 or c[S.ACTIVE] or judging or runnable):
-            self._set_run_status(RunStatus.RUNNING)
+            self.set_run_status(RunStatus.RUNNING)
         elif c[S.COMPLETE] + c[S.ABANDONED] == len(self.tasks):
-            self._set_run_status(RunStatus.COMPLETED)
+            self.set_run_status(RunStatus.COMPLETED)
         else:  # only waiting_human / planned-behind-them are left
-            self._set_run_status(RunStatus.PAUSED)
+            self.set_run_status(RunStatus.PAUSED)
 
     async def _review(self, review) -> None:
         ctx = Context(self.run_id, self.objective, self.workspace, _engine=self)
@@ -416,12 +508,12 @@ class Engine(AttemptLifecycle):
                     hitl.add_dependency(self, task_id, depends_on, source="director")
                 except Exception as exc:  # noqa: BLE001 - an edit the graph refuses is skipped
                     ctx.log("system", f"review edit {task_id} <- {depends_on} refused: {exc}")
-            self._emit("reviewed", None, added=[list(e) for e in edges])
+            self.record_event("reviewed", None, added=[list(e) for e in edges])
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the review is advice; the run goes on without it
             log.warning("the Director's review of run %s failed: %s", self.run_id, exc)
-            self._emit("reviewed", None, error=str(exc))
+            self.record_event("reviewed", None, error=str(exc))
         finally:
             self._reviewing = None
             self.wake()
@@ -431,7 +523,7 @@ class Engine(AttemptLifecycle):
                        reason=reason, kind=kind, context=context)
         self.open_interrupts[task_id] = it
         self.store.upsert("interrupts", interrupt_row(it))
-        self._emit("interrupt", task_id, interrupt_id=it.id, kind=kind, reason=reason)
+        self.record_event("interrupt", task_id, interrupt_id=it.id, kind=kind, reason=reason)
         return it
 
     # ----------------------------------------------------------- waiting on it

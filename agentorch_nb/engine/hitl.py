@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..exceptions import InvalidInput, ResolutionError
-from ..model import TaskSpec, TaskStatus, utcnow
+from ..model import Interruption, TaskSpec, TaskStatus, utcnow
 from ..store.records import interrupt_row
-from .attempts import STOP_ABANDON, STOP_INTERRUPT
 from .dispatch import Engine
 
 S = TaskStatus
@@ -86,7 +85,7 @@ def _edit(engine: Engine, task, description, criteria, guidance) -> None:
     if guidance is not None:
         task.guidance = changes["guidance"] = guidance
     if changes:
-        engine._emit("task_edited", task.id, **changes)
+        engine.record_event("task_edited", task.id, **changes)
 
 
 def _restart_budget(engine: Engine, task, reason: str) -> None:
@@ -108,12 +107,12 @@ def _abandon(engine: Engine, task_id: str, *, drop_dependency: bool, cascade: bo
             _unlink(engine, dep, task_id)
     task = engine.tasks[task_id]
     if task.status in (S.ACTIVE, S.AWAITING_QA):
-        engine.stop_attempt(task_id, STOP_ABANDON)
+        engine.stop_attempt(task_id, Interruption.ABANDONED)
     else:
         engine.move(task_id, S.ABANDONED, reason)
     for t in victims:
         if engine.tasks[t].status in (S.ACTIVE, S.AWAITING_QA):
-            engine.stop_attempt(t, STOP_ABANDON)
+            engine.stop_attempt(t, Interruption.ABANDONED)
         else:
             engine.move(t, S.ABANDONED, f"{reason} (depends on {task_id})")
         _close_interrupt(engine, t, None)
@@ -148,24 +147,15 @@ def _spawn(engine: Engine, task, title, description, criteria, profile, depends_
 
 def _link(engine: Engine, task_id: str, depends_on: str) -> None:
     engine.graph.add_dependency(task_id, depends_on)
-    _deps_changed(engine, task_id, "dep_added", depends_on)
+    engine.record_dependencies(task_id, "dep_added", depends_on)
     if engine.tasks[task_id].status == S.READY and engine.tasks[depends_on].status != S.COMPLETE:
         engine.move(task_id, S.PLANNED, f"now waits for {depends_on}")
 
 
 def _unlink(engine: Engine, task_id: str, depends_on: str) -> None:
     engine.graph.remove_dependency(task_id, depends_on)
-    _deps_changed(engine, task_id, "dep_removed", depends_on)
-    engine._dirty.add(task_id)
-
-
-def _deps_changed(engine: Engine, task_id: str, kind: str, depends_on: str) -> None:
-    task = engine.tasks[task_id]
-    task.depends_on = engine.graph.dependencies(task_id)
-    engine._emit(kind, task_id, depends_on=depends_on)
-    engine.store.set_deps(engine.run_id, task_id, task.depends_on)
-    engine._save(task)
-    engine._priority = None
+    engine.record_dependencies(task_id, "dep_removed", depends_on)
+    engine.mark_dirty(task_id)
 
 
 def _record(engine: Engine, res: Resolution) -> None:
@@ -174,7 +164,7 @@ def _record(engine: Engine, res: Resolution) -> None:
         "run_id": engine.run_id, "resolution_id": res.id, "task_id": res.task_id,
         "ts": utcnow(), "action": res.action, "payload": res.payload, "source": res.source,
         "interrupt_id": interrupt_id})
-    engine._emit("resolution", res.task_id, resolution_id=res.id, action=res.action,
+    engine.record_event("resolution", res.task_id, resolution_id=res.id, action=res.action,
                  source=res.source, new_task_id=res.new_task_id)
 
 
@@ -190,8 +180,8 @@ def _close_interrupt(engine: Engine, task_id: str, resolution_id: str | None) ->
 # --------------------------------------------------------------- other commands
 def interrupt(engine: Engine, task_id: str, *, source: str = "api") -> None:
     engine.require(task_id, S.ACTIVE, S.AWAITING_QA, doing="interrupt")
-    engine._emit("interrupt_requested", task_id, source=source)
-    engine.stop_attempt(task_id, STOP_INTERRUPT)
+    engine.record_event("interrupt_requested", task_id, source=source)
+    engine.stop_attempt(task_id, Interruption.HUMAN)
 
 
 def abandon_task(engine: Engine, task_id: str, *, source: str = "api",
@@ -223,14 +213,13 @@ def replan(engine: Engine, *, source: str = "api") -> None:
                 tid, {t: x.status for t, x in engine.tasks.items()}):
             engine.move(tid, S.PLANNED, "replan: a dependency is not complete")
         elif task.status == S.PLANNED:
-            engine._dirty.add(tid)
-    engine._emit("replan", None, source=source)
+            engine.mark_dirty(tid)
+    engine.record_event("replan", None, source=source)
 
 
 def cancel(engine: Engine, *, source: str = "api") -> None:
-    engine._emit("cancel_requested", None, source=source)
-    if engine._main_task is not None:
-        engine._main_task.cancel()
+    engine.record_event("cancel_requested", None, source=source)
+    engine.cancel()
 
 
 COMMANDS = {

@@ -2,13 +2,15 @@
 
 Another process never touches the engine's memory: it writes a ``commands`` row (pending)
 to the store, then connects to the engine's wake-up port on 127.0.0.1 (its address is in
-the run's row) and sends the run id. The engine reads its pending commands, applies each
-through :func:`hitl.apply`, marks it applied or rejected with the error, and answers the
-connection, so the sender learns the outcome without polling. A command sent while no
-engine is live stays pending and is applied when the run is resumed.
+the run's row) and sends the run id (the sender's side is :mod:`agentorch_nb.remote`). The
+engine reads its pending commands, applies each through :func:`hitl.apply`, marks it
+applied or rejected with the error, and answers the connection, so the sender learns the
+outcome without polling. A command sent while no engine is live stays pending and is
+applied when the run is resumed.
 
 The port carries no data but the run id, so it can do nothing but make the engine look at
-its own store.
+its own store. Anything else (a line that is not the run id, one longer than a run id can
+be, a connection that says nothing) is closed without an answer.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 
 from ..model import utcnow
+from ..store.sqlutil import select
 from . import hitl
 from .dispatch import Engine
 
 log = logging.getLogger("agentorch_nb.inbox")
+MAX_LINE = 256  # a run id is a few dozen characters
 
 
 class Inbox:
@@ -32,7 +35,8 @@ class Inbox:
         self._lock = asyncio.Lock()
 
     async def start(self) -> str:
-        self.server = await asyncio.start_server(self._on_connect, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self._on_connect, "127.0.0.1", 0,
+                                                 limit=MAX_LINE)
         host, port = self.server.sockets[0].getsockname()[:2]
         return f"{host}:{port}"
 
@@ -48,8 +52,9 @@ class Inbox:
                 applied = await self.drain()
                 writer.write(f"{applied}\n".encode())
                 await writer.drain()
-        except (TimeoutError, ConnectionError):
-            pass
+        except (TimeoutError, ConnectionError, ValueError, asyncio.LimitOverrunError,
+                asyncio.IncompleteReadError):
+            pass  # not a sender of ours: say nothing
         finally:
             writer.close()
 
@@ -57,7 +62,9 @@ class Inbox:
         """Apply every pending command of this run, oldest first; return how many."""
         engine = self.engine
         async with self._lock:
-            rows = await engine.store.call(lambda con: _pending(con, engine.run_id))
+            rows = await engine.store.call(lambda con: select(
+                con, "select * from commands where run_id = ? and status = 'pending' "
+                     "order by ts, command_id", [engine.run_id]))
             for row in rows:
                 payload = json.loads(row["payload"] or "{}")
                 status, error = "applied", None
@@ -65,31 +72,10 @@ class Inbox:
                     hitl.apply(engine, row["kind"], payload, row["source"] or "inbox")
                 except Exception as exc:  # noqa: BLE001 - recorded for the sender
                     status, error = "rejected", f"{type(exc).__name__}: {exc}"
-                    engine._emit("command_rejected", payload.get("task_id"),
-                                 command_id=row["command_id"], error=error)
+                    engine.record_event("command_rejected", payload.get("task_id"),
+                                        command_id=row["command_id"], error=error)
                 engine.store.upsert("commands", {**row, "status": status, "error": error,
                                                  "applied_at": utcnow()})
             if rows:
                 await engine.store.flush()
             return len(rows)
-
-
-def _pending(con, run_id: str) -> list[dict]:
-    cur = con.execute(
-        "select * from commands where run_id = ? and status = 'pending' order by ts, command_id",
-        [run_id],
-    )
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r)) for r in cur.fetchall()]
-
-
-def poke(address: str, run_id: str, timeout: float = 10.0) -> bool:
-    """Wake the engine at ``address`` and wait until it has applied its inbox.
-    False when no engine answers there (the command then waits for a resume)."""
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
-            sock.sendall(f"{run_id}\n".encode())
-            return sock.makefile().readline() != ""
-    except OSError:
-        return False

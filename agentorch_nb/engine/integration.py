@@ -1,9 +1,13 @@
 """Git for a run: each attempt's worktree, its commit, and the merge of approved work.
 
 A worktree is made the first time an agent asks for it (``await ctx.worktree()``), so
-agents that never touch files cost nothing here. When the worker finishes, everything in
-the worktree is committed; that commit is what QA judges and, once approved, exactly what
-is merged into the target branch. All git work runs in threads, off the event loop.
+agents that never touch files cost nothing here. It is recorded on the attempt (branch and
+base commit) only once git has made it whole; a worktree no attempt records is never
+used, and reconcile removes it after a crash. When the worker finishes, everything in the
+worktree is committed; that commit is what QA judges and, once approved, exactly what is
+merged into the target branch. A merge is written to the store as an intent (source and
+target commits) before git starts it, so a crash in the middle is settled from git on
+resume. All git work runs in threads, off the event loop.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..model import Attempt, Profile, Task, utcnow
+from ..model import Attempt, Interruption, Profile, Task, utcnow
 from ..workspace import MergeResult, Workspace, Worktree
 
 if TYPE_CHECKING:
@@ -34,46 +38,44 @@ class Integration:
         if wt is None and not create:
             return None
         if wt is None:
-            wt = (await self._handed_over(task) or await self._continued(task)
-                  or await asyncio.to_thread(self.git.create_worktree, self.engine.run_id,
-                                             task.id, attempt))
+            wt = await self._continued(task) or await asyncio.to_thread(self._fresh, task, attempt)
             self.active[(task.id, attempt)] = wt
+            record = self.engine.attempts[task.id][attempt - 1]
+            record.branch, record.base_sha = wt.branch, wt.base_sha
+            self.engine.save_attempt(record)
             task.branch, task.worktree = wt.branch, str(wt.path)
-            self.engine._save(task)
-            self.engine._emit("worktree_created", task.id, attempt=attempt, branch=wt.branch,
-                              base_sha=wt.base_sha)
+            self.engine.save_task(task)
+            self.engine.record_event("worktree_created", task.id, attempt=attempt,
+                                     branch=wt.branch, base_sha=wt.base_sha)
         return wt.path
 
-    async def _handed_over(self, task: Task) -> Worktree | None:
-        """A merge task works in the worktree of the attempt whose merge it resolves."""
-        if task.profile != Profile.MERGE or not task.worktree:
-            return None
-        head = await asyncio.to_thread(self.git.head, Worktree(Path(task.worktree), task.branch, ""))
-        return Worktree(Path(task.worktree), task.branch, head)
-
-    async def start_merge_in_worktree(self, task: Task, attempt: Attempt) -> Worktree:
-        """Merge the target into an approved attempt's worktree, leaving any conflicts there
-        for a merge task; the worktree now belongs to that merge task."""
-        wt = self.active.pop((task.id, attempt.number))
-        await asyncio.to_thread(self.git.merge_target_into, wt)
-        return wt
+    def _fresh(self, task: Task, attempt: int) -> Worktree:
+        if task.profile == Profile.MERGE and task.merge_source:
+            # A merge task integrates an approved commit: every attempt starts from it with
+            # the target's tip of the moment merged in, so a retry never replays a stale merge.
+            return self.git.create_merge_worktree(self.engine.run_id, task.id, attempt,
+                                                  task.merge_source)
+        return self.git.create_worktree(self.engine.run_id, task.id, attempt)
 
     async def _continued(self, task: Task) -> Worktree | None:
-        """After a crash the next attempt goes on in the cut-off attempt's worktree."""
-        from .resume import ENGINE_DIED
-
+        """After a crash the next attempt goes on in the cut-off attempt's worktree, if git
+        shows it whole; otherwise it starts afresh."""
         earlier = self.engine.attempts[task.id][:-1]
-        if not earlier or earlier[-1].failure_reason != ENGINE_DIED:
+        if not earlier:
+            return None
+        last = earlier[-1]
+        if last.interruption != Interruption.ENGINE_DIED or not (last.branch and last.base_sha):
             return None
         return await asyncio.to_thread(self.git.adopt_worktree, self.engine.run_id, task.id,
-                                       earlier[-1].number)
+                                       last.number, last.base_sha)
 
     async def commit(self, task: Task, attempt: Attempt) -> str | None:
         """Commit the attempt's work; the SHA QA will judge, or None if it changed nothing."""
         wt = self.active.get((task.id, attempt.number))
         if wt is None:
             return None
-        message = f"{task.title}\n\nagentorch run {self.engine.run_id}, task {task.id}, attempt {attempt.number}"
+        message = (f"{task.title}\n\nagentorch run {self.engine.run_id}, task {task.id}, "
+                   f"attempt {attempt.number}")
         await asyncio.to_thread(self.git.commit_all, wt, message)
         head = await asyncio.to_thread(self.git.head, wt)
         if head != wt.base_sha:
@@ -88,18 +90,37 @@ class Integration:
         return "" if wt is None else await asyncio.to_thread(self.git.diff, wt)
 
     async def merge(self, task: Task, attempt: Attempt, sha: str) -> MergeResult:
+        """Merge the approved commit into the target. The intent is on disk first: whatever
+        happens to this process after git starts, resume can tell from git what it did."""
         wt = self.active[(task.id, attempt.number)]
+        store = self.engine.store
+        before = await asyncio.to_thread(self.git.tip)
+        row = {"run_id": self.engine.run_id, "task_id": task.id, "attempt": attempt.number,
+               "ts": utcnow(), "source_branch": wt.branch, "source_sha": sha,
+               "target_branch": self.git.target, "target_sha": before, "status": "started"}
+        store.upsert("merges", row)
+        await store.flush()
         message = f"agentorch: merge {self.engine.run_id}/{task.id}: {task.title}"
         result = await asyncio.to_thread(self.git.merge, sha, message)
-        self.engine.store.append("merges", {
-            "run_id": self.engine.run_id, "task_id": task.id, "attempt": attempt.number,
-            "ts": utcnow(), "source_branch": wt.branch, "source_sha": sha,
-            "target_branch": result.target_branch, "result_sha": result.result_sha,
-            "files_changed": result.files_changed or result.conflicts, "status": result.status,
-            "error": None if result.ok else "conflict in " + ", ".join(result.conflicts)})
-        self.engine._emit("merge", task.id, attempt=attempt.number, status=result.status,
-                          source_sha=sha, result_sha=result.result_sha)
+        self.record_merge(row, result)
         return result
+
+    def record_merge(self, intent: dict, result: MergeResult | None) -> None:
+        """The outcome of a merge whose intent is ``intent``: ``result`` from git, or None
+        when git never made it (a crash cut it off before the merge commit)."""
+        if result is None:
+            row = {**intent, "status": "interrupted",
+                   "error": "cut off before git merged it; the attempt is retried"}
+        else:
+            row = {**intent, "ts": utcnow(), "target_branch": result.target_branch,
+                   "result_sha": result.result_sha,
+                   "files_changed": result.files_changed or result.conflicts,
+                   "status": result.status,
+                   "error": None if result.ok else "conflict in " + ", ".join(result.conflicts)}
+        self.engine.store.upsert("merges", row)
+        self.engine.record_event("merge", intent["task_id"], attempt=intent["attempt"],
+                                 status=row["status"], source_sha=intent["source_sha"],
+                                 result_sha=row.get("result_sha"))
 
     async def release(self, task: Task, attempt: int, approved: bool) -> None:
         """An attempt ended: an approved one's worktree goes at once, a failed one's stays

@@ -45,6 +45,7 @@ from langgraph.checkpoint.base import (
 )
 
 from ..exceptions import InvalidInput, WrongLoop
+from .sqlutil import transaction
 from .store import Store
 
 __all__ = ["DuckDBSaver"]
@@ -473,14 +474,8 @@ def _tx(fn: Callable[..., Any], *args: Any) -> Callable[[Any], Any]:
     """``fn(con, *args)`` as one transaction: a failed write leaves nothing behind."""
 
     def run(con) -> Any:
-        con.execute("begin transaction")
-        try:
-            out = fn(con, *args)
-            con.execute("commit")
-        except BaseException:
-            con.execute("rollback")
-            raise
-        return out
+        with transaction(con):
+            return fn(con, *args)
 
     return run
 

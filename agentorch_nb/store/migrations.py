@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from importlib import resources
 
+from .sqlutil import transaction
+
 
 def _v1_initial(con) -> None:
     con.execute(resources.files(__package__).joinpath("schema.sql").read_text())
@@ -90,7 +92,30 @@ def _v4_attempt_diffs(con) -> None:
     con.execute("alter table attempts add column diff varchar")
 
 
-MIGRATIONS: list[Callable] = [_v1_initial, _v2_checkpoints, _v3_guardian, _v4_attempt_diffs]
+def _v5_crash_safety(con) -> None:
+    """What a crash must not lose.
+
+    attempts.interruption  who stopped an interrupted attempt (human, abandoned, cancelled,
+                           engine_died): typed, where it used to be read from the reason text
+    attempts.branch/base_sha  the attempt's worktree, recorded once git made it whole
+    tasks.merge_source     the approved commit a merge task integrates
+    merges.target_sha      the target's tip when the merge began
+    merges.status          'started' is an intent written before git merges: after a crash
+                           it is settled from git (is the source in the target? which commit?)
+    """
+    con.execute("alter table attempts add column interruption varchar")
+    con.execute("alter table attempts add column branch varchar")
+    con.execute("alter table attempts add column base_sha varchar")
+    con.execute("alter table tasks add column merge_source varchar")
+    con.execute("alter table merges add column target_sha varchar")
+    con.execute("update attempts set interruption = case failure_reason "
+                "when 'the engine process ended during this attempt' then 'engine_died' "
+                "when 'interrupted by a human' then 'human' when 'task abandoned' then 'abandoned' "
+                "when 'run cancelled' then 'cancelled' end where outcome = 'interrupted'")
+
+
+MIGRATIONS: list[Callable] = [_v1_initial, _v2_checkpoints, _v3_guardian, _v4_attempt_diffs,
+                              _v5_crash_safety]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -106,19 +131,14 @@ def migrate(con) -> int:
     """Bring the schema of ``con`` up to :data:`SCHEMA_VERSION`; return the version."""
     version = current_version(con)
     if version > SCHEMA_VERSION:
-        from ..exceptions import AgentorchError
+        from ..exceptions import SchemaTooNew
 
-        raise AgentorchError(
+        raise SchemaTooNew(
             f"this store has schema version {version}, newer than this agentorch_nb "
             f"understands ({SCHEMA_VERSION}): upgrade agentorch_nb"
         )
     for number in range(version + 1, SCHEMA_VERSION + 1):
-        con.execute("begin transaction")
-        try:
+        with transaction(con):
             MIGRATIONS[number - 1](con)
             con.execute("insert into schema_version (version) values (?)", [number])
-            con.execute("commit")
-        except BaseException:
-            con.execute("rollback")
-            raise
     return SCHEMA_VERSION

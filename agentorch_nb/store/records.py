@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..model import Attempt, Interrupt, Outcome, Profile, Task, TaskStatus
+from ..model import Attempt, Interrupt, Interruption, Outcome, Profile, Task, TaskStatus
+from .sqlutil import select
 
 
 def _json(value: Any) -> Any:
@@ -33,6 +34,7 @@ def task_row(t: Task) -> dict[str, Any]:
         "qa_feedback": t.qa_feedback,
         "guidance": t.guidance,
         "created_by": t.created_by,
+        "merge_source": t.merge_source,
         "created_at": t.created_at,
         "updated_at": t.updated_at,
     }
@@ -60,6 +62,7 @@ def task_from_row(row: dict[str, Any], depends_on: list[str]) -> Task:
         qa_feedback=row["qa_feedback"],
         guidance=row["guidance"],
         created_by=row["created_by"],
+        merge_source=row.get("merge_source"),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
@@ -74,11 +77,14 @@ def attempt_row(a: Attempt) -> dict[str, Any]:
         "finished_at": a.finished_at,
         "outcome": a.outcome,
         "failure_reason": a.failure_reason,
+        "interruption": a.interruption,
         "summary": a.summary,
         "qa_feedback": a.qa_feedback,
         "guidance": a.guidance,
         "commit_sha": a.commit_sha,
         "diff": a.diff,
+        "branch": a.branch,
+        "base_sha": a.base_sha,
     }
 
 
@@ -91,11 +97,14 @@ def attempt_from_row(row: dict[str, Any]) -> Attempt:
         finished_at=row["finished_at"],
         outcome=Outcome(row["outcome"]) if row["outcome"] else None,
         failure_reason=row["failure_reason"],
+        interruption=Interruption(row["interruption"]) if row.get("interruption") else None,
         summary=row["summary"],
         qa_feedback=row["qa_feedback"],
         guidance=row["guidance"],
         commit_sha=row.get("commit_sha"),
         diff=row.get("diff"),
+        branch=row.get("branch"),
+        base_sha=row.get("base_sha"),
     )
 
 
@@ -124,3 +133,12 @@ def interrupt_from_row(row: dict[str, Any]) -> Interrupt:
         context=_json(row["context"]) or {},
         resolved_by=row["resolution_id"],
     )
+
+
+def load_tasks(con, run_id: str) -> list[Task]:
+    """Every task of a run with its dependencies, as stored (no particular order)."""
+    deps: dict[str, list[str]] = {}
+    for d in select(con, "select task_id, depends_on from task_deps where run_id = ?", [run_id]):
+        deps.setdefault(d["task_id"], []).append(d["depends_on"])
+    return [task_from_row(r, deps.get(r["task_id"], []))
+            for r in select(con, "select * from tasks where run_id = ?", [run_id])]

@@ -27,12 +27,14 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..exceptions import InvalidInput, StoreBusy
+from ..exceptions import InvalidInput, StoreBusy, StoreError
 from ..model import utcnow
 from .migrations import migrate
+from .sqlutil import dicts, transaction
 
 log = logging.getLogger("agentorch_nb.store")
 T = TypeVar("T")
@@ -46,8 +48,10 @@ KEYS: dict[str, tuple[str, ...]] = {
     "interrupts": ("run_id", "interrupt_id"),
     "resolutions": ("run_id", "resolution_id"),
     "commands": ("run_id", "command_id"),
+    # One merge per attempt: written as 'started' before git merges, then with its outcome.
+    "merges": ("run_id", "task_id", "attempt"),
 }
-TIMED = {"events", "messages", "tool_calls", "llm_calls", "insights", "design_decisions", "merges"}
+TIMED = {"events", "messages", "tool_calls", "llm_calls", "insights", "design_decisions"}
 MEMORY = ":memory:"
 # While work keeps arriving the thread keeps the file: for at most HOLD_SECONDS when another
 # process is waiting for it, MAX_HOLD_SECONDS otherwise; then it stays away GAP_SECONDS so
@@ -69,7 +73,7 @@ class _Batch:
         self.appends: dict[str, list[dict]] = {}
         self.upserts: dict[str, dict[tuple, dict]] = {}
         self.deps: dict[tuple[str, str], list[str]] = {}
-        self.calls: list[tuple[Callable, cf.Future]] = []
+        self.calls: list[tuple[Callable, cf.Future, float]] = []  # fn, future, monotonic submit time
         self.flushes: list[cf.Future] = []
 
     def has_writes(self) -> bool:
@@ -80,6 +84,34 @@ class _Batch:
 
     def size(self) -> int:
         return sum(map(len, self.appends.values())) + sum(map(len, self.upserts.values()))
+
+    def then(self, newer: _Batch) -> _Batch:
+        """This batch (which could not be written) followed by what was queued since: rows
+        keep their order, and a newer upsert of a key wins."""
+        for table, rows in newer.appends.items():
+            self.appends.setdefault(table, []).extend(rows)
+        for table, keyed in newer.upserts.items():
+            self.upserts.setdefault(table, {}).update(keyed)
+        self.deps.update(newer.deps)
+        self.calls.extend(newer.calls)
+        self.flushes.extend(newer.flushes)
+        return self
+
+
+@dataclass(frozen=True)
+class Busy:
+    """Another process holds the store file: which one, and since when."""
+
+    holder: int | None  # its pid, when DuckDB names it
+    since: float  # time.time() when this process began to wait
+
+    def describe(self) -> str:
+        who = f"process {self.holder}" if self.holder else "another process"
+        if self.holder:
+            with contextlib.suppress(OSError):
+                who += f" ({Path(f'/proc/{self.holder}/comm').read_text().strip()})"
+        when = time.strftime("%H:%M:%S", time.localtime(self.since))
+        return f"{who}, since {when} ({time.time() - self.since:.0f} s)"
 
 
 class Store:
@@ -108,6 +140,8 @@ class Store:
         key = MEMORY if str(path) == MEMORY else str(Path(path).expanduser().resolve())
         if key != MEMORY and not create and not Path(key).exists():
             raise InvalidInput(f"there is no agentorch store at {key}")
+        if key != MEMORY:
+            _check_file(key)
         with cls._open_lock:
             existing = cls._open.get(key)
             store = existing() if existing else None
@@ -122,8 +156,15 @@ class Store:
         self.lock_timeout = lock_timeout
         self.flush_interval = flush_interval
         if path != MEMORY:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # Conversations and tool output live here: readable by their owner alone.
+            Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._cond = threading.Condition()
+        self.busy: Busy | None = None  # set while another process keeps the file from us
+        # Called (from the store's thread) with a Busy when the file stays held past
+        # lock_timeout, and with None when it is ours again.
+        self.busy_listeners: list[Callable[[Busy | None], None]] = []
+        self._waiting_since: float | None = None  # time.time() this process began to wait
+        self._delay = 0.002
         self._batch = _Batch()
         self._closed = False
         self._con = None  # open connection of the store thread, while it holds the file
@@ -181,7 +222,7 @@ class Store:
         with self._cond:
             if self._closed:
                 raise InvalidInput(f"{self!r} is closed")
-            self._batch.calls.append((fn, fut))
+            self._batch.calls.append((fn, fut, time.monotonic()))
             self._cond.notify()
         return fut
 
@@ -196,11 +237,11 @@ class Store:
         return self.call_sync(lambda con: con.execute(sql, params or []).df())
 
     def rows(self, sql: str, params: list | None = None) -> list[dict[str, Any]]:
-        return self.call_sync(lambda con: _dicts(con.execute(sql, params or [])))
+        return self.call_sync(lambda con: dicts(con.execute(sql, params or [])))
 
     async def arows(self, sql: str, params: list | None = None) -> list[dict[str, Any]]:
         """:meth:`rows` for a coroutine: the loop goes on while the store thread reads."""
-        return await self.call(lambda con: _dicts(con.execute(sql, params or [])))
+        return await self.call(lambda con: dicts(con.execute(sql, params or [])))
 
     # -------------------------------------------------------------- lifecycle
     def close(self) -> None:
@@ -258,18 +299,30 @@ class Store:
                         self._con = self._connect()
                         held_since = time.monotonic()
                     self._run(batch)
+                    self._contention_over()
+                except _Contended as exc:
+                    # Another process holds the file. Nothing is dropped: what was not done
+                    # goes back in front of the queue and is tried again; only a read that
+                    # has waited lock_timeout fails (StoreBusy, naming the holder).
+                    self._release()
+                    held_since = None
+                    self._contended(batch, exc.__cause__ or exc)
+                    if not closing or self.busy is None:
+                        continue
+                    log.error("%s: closing while %s holds it; %d queued rows are not written",
+                              self.path, self.busy.describe(), batch.size())
                 except BaseException as exc:  # noqa: BLE001 - handed to every waiter
                     log.exception("store batch failed")
                     self._release()
                     held_since = None
-                    for _, fut in batch.calls:
+                    for _, fut, _ in batch.calls:
                         _settle(fut, exc=exc)
                     for fut in batch.flushes:
                         _settle(fut, exc=exc)
             if closing:
                 with self._cond:
                     leftover, self._batch = self._batch, _Batch()
-                for fut in leftover.flushes + [f for _, f in leftover.calls]:
+                for fut in leftover.flushes + [f for _, f, _ in leftover.calls]:
                     _settle(fut, exc=InvalidInput("store closed"))
                 self._release(final=True)
                 return
@@ -299,55 +352,130 @@ class Store:
     def _connect(self):
         import duckdb
 
-        deadline = time.monotonic() + self.lock_timeout
-        delay = 0.002
-        while True:
-            try:
-                con = duckdb.connect(self.path)
-                break
-            except duckdb.IOException as exc:
-                if "lock" not in str(exc).lower():
-                    raise
-                _touch(self.path + ".waiting")  # ask the holder to let go soon
-                if time.monotonic() >= deadline:
-                    holder = re.search(r"PID (\d+)", str(exc))
-                    who = f"process {holder.group(1)}" if holder else "another process"
-                    raise StoreBusy(
-                        f"{self.path} stayed locked by {who} for {self.lock_timeout:.0f} s. "
-                        "Close long-lived DuckDB connections to it (use agentorch_nb.sql(), "
-                        "which lets go after each query) or raise Config.lock_timeout."
-                    ) from exc
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 0.05)
+        fresh = self.path != MEMORY and not os.path.exists(self.path)
+        try:
+            con = duckdb.connect(self.path)
+        except duckdb.Error as exc:
+            if _lock_error(exc):
+                raise _Contended() from exc
+            raise StoreError(f"{self.path} cannot be opened as a DuckDB database: {exc}") from exc
+        if fresh:
+            for name in (self.path, self.path + ".wal"):
+                with contextlib.suppress(OSError):
+                    os.chmod(name, 0o600)
         if not self._migrated:
-            migrate(con)
+            try:
+                migrate(con)
+            except BaseException:
+                con.close()  # a store we may not write (a newer schema) is let go at once
+                raise
             self._migrated = True
         return con
 
+    def _contended(self, batch: _Batch, exc: BaseException) -> None:
+        """The file was held by another process: put ``batch`` back, fail the reads that
+        have waited lock_timeout, and back off (2 ms doubling to 50 ms, jittered)."""
+        now = time.monotonic()
+        if self._waiting_since is None:
+            self._waiting_since, self._delay = time.time(), 0.002
+        _touch(self.path + ".waiting")  # ask an agentorch holder to let go soon
+        pid = re.search(r"PID (\d+)", str(exc))
+        busy = Busy(int(pid.group(1)) if pid else None, self._waiting_since)
+        if time.time() - self._waiting_since >= self.lock_timeout:
+            self._set_busy(busy)
+        late = [c for c in batch.calls if now - c[2] >= self.lock_timeout]
+        if late:
+            error = StoreBusy(f"{self.path} stayed locked by {busy.describe()} for at least "
+                              f"{self.lock_timeout:g} s. "
+                              "Close long-lived DuckDB connections to it (agentorch_nb.sql() "
+                              "lets go after each query); the run's own writes wait for it.")
+            for _, fut, _ in late:
+                _settle(fut, exc=error)
+            batch.calls = [c for c in batch.calls if c not in late]
+        with self._cond:
+            self._batch = batch.then(self._batch)
+        time.sleep(self._delay * (0.5 + random.random()))
+        self._delay = min(self._delay * 2, 0.05)
+
+    def _contention_over(self) -> None:
+        if self._waiting_since is not None:
+            self._waiting_since = None
+            self._set_busy(None)
+
+    def _set_busy(self, busy: Busy | None) -> None:
+        if (busy is None) == (self.busy is None):
+            self.busy = busy
+            return
+        self.busy = busy
+        if busy is not None:
+            log.warning("%s is held by %s: writes wait for it", self.path, busy.describe())
+        for fn in list(self.busy_listeners):
+            try:
+                fn(busy)
+            except Exception:  # noqa: BLE001 - a listener's bug must not stop the store
+                log.exception("store busy listener %r failed", fn)
+
     def _run(self, batch: _Batch) -> None:
+        """Do ``batch`` on the open connection. On a lock error (``_Contended``) the batch
+        keeps exactly what was not done: the writes (one transaction, rolled back whole)
+        and the reads not answered yet."""
+        import duckdb
+
         con = self._con
         if batch.has_writes():
-            con.execute("begin transaction")
             try:
-                for table, rows in batch.appends.items():
-                    _insert(con, table, rows)
-                for table, keyed in batch.upserts.items():
-                    _upsert(con, table, list(keyed.values()))
-                if batch.deps:
-                    _replace_deps(con, batch.deps)
-                con.execute("commit")
-            except BaseException:
-                con.execute("rollback")
+                with transaction(con):
+                    for table, rows in batch.appends.items():
+                        _insert(con, table, rows)
+                    for table, keyed in batch.upserts.items():
+                        _upsert(con, table, list(keyed.values()))
+                    if batch.deps:
+                        _replace_deps(con, batch.deps)
+            except duckdb.Error as exc:
+                if _lock_error(exc):
+                    raise _Contended() from exc
                 raise
-        for fn, fut in batch.calls:
-            if not fut.set_running_or_notify_cancel():
-                continue
-            try:
-                fut.set_result(fn(con))
-            except BaseException as exc:  # noqa: BLE001 - the caller gets it
-                fut.set_exception(exc)
+            batch.appends, batch.upserts, batch.deps = {}, {}, {}
+        while batch.calls:
+            fn, fut, _ = batch.calls[0]
+            if not fut.cancelled():
+                try:
+                    fut.set_result(fn(con))
+                except duckdb.Error as exc:
+                    if _lock_error(exc):
+                        raise _Contended() from exc
+                    fut.set_exception(exc)
+                except BaseException as exc:  # noqa: BLE001 - the caller gets it
+                    fut.set_exception(exc)
+            batch.calls.pop(0)
         for fut in batch.flushes:
             _settle(fut)
+        batch.flushes = []
+
+
+class _Contended(Exception):
+    """Another process held the file (DuckDB's lock error is the cause)."""
+
+
+def _lock_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "could not set lock" in text or "conflicting lock" in text
+
+
+def _check_file(path: str) -> None:
+    """Refuse, before anything is written, a file that is not a DuckDB database."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+    except FileNotFoundError:
+        return
+    except IsADirectoryError:
+        raise StoreError(f"store {path} is a directory: name a file, e.g. "
+                         f"{os.path.join(path, 'agentorch.duckdb')}") from None
+    if head[8:12] != b"DUCK":
+        raise StoreError(
+            f"{path} is not a DuckDB database (an agentorch store is one): point store= at an "
+            "agentorch store, or at a path that does not exist yet to make a new one")
 
 
 def _touch(path: str) -> None:
@@ -437,7 +565,3 @@ def _frame(con, rows: list[dict]):
         except Exception:  # noqa: BLE001 - an aborted transaction refuses it; the statement's error matters
             pass
 
-
-def _dicts(cursor) -> list[dict[str, Any]]:
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]

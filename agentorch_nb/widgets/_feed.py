@@ -23,7 +23,7 @@ from ..model import Attempt, Interrupt, Task
 
 if TYPE_CHECKING:
     from ..engine.dispatch import Engine
-    from ..orchestrator import Run
+    from ..run import Run
 
 log = logging.getLogger("agentorch_nb.widgets")
 
@@ -78,7 +78,7 @@ class RunFeed:
         """Follow the engine that drives the run in this process now (after a restart, a new
         one). Once an engine has finished, its memory stays the state shown: it is final.
         Returns True when the feed now follows another source."""
-        engine = self.run._engine
+        engine = self.run.engine
         if engine is None:
             if self._engine is not None or self._stored is not None:
                 return False
@@ -127,7 +127,7 @@ class RunFeed:
         """Read the state anew: after a restart in this process (follow the new engine), or
         to see what another process did to a run it drives (read on a thread: the store may
         be busy, and the loop serves other runs and cells meanwhile)."""
-        if self.run._engine is not None:
+        if self.run.engine is not None:
             self.attach()
             self.publish(Batch(reloaded=True))
             return None
@@ -167,13 +167,13 @@ class RunFeed:
         log.error("run %s: %s\n%s", self.run.id, text,
                   "".join(traceback.format_exception(exc)))
         if self.live:
-            self._engine._emit("dashboard_error", None, error=text)
+            self._engine.record_event("dashboard_error", None, error=text)
 
     # --------------------------------------------------------------- reading
     def _load(self) -> dict[str, Any]:
         run = self.run
         return {"summary": run.summary(), "tasks": run.tasks, "interrupts": run.interrupts(),
-                "attempts": _attempts_from_store(run), "row": run.orchestrator._run_row(run.id)}
+                "attempts": _attempts_from_store(run), "row": run.orchestrator.run_row(run.id)}
 
     def tasks(self) -> list[Task]:
         """Every task in id order: the engine's own objects when live (read, never change)."""
@@ -219,7 +219,7 @@ class RunFeed:
     @property
     def live(self) -> bool:
         """An engine in this process drives the run now."""
-        return self._engine is not None and self.run._engine is self._engine and self.run.live
+        return self._engine is not None and self.run.engine is self._engine and self.run.live
 
 
 def _attempts_from_store(run: Run) -> dict[str, list[Attempt]]:

@@ -20,7 +20,7 @@ from ._feed import Batch, RunFeed
 from .actions import button, perform
 
 if TYPE_CHECKING:
-    from ..orchestrator import Run
+    from ..run import Run
 
 SPEND_EVERY = 2.0  # seconds between reads of what the run's LLM calls cost
 

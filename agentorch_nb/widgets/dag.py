@@ -23,7 +23,7 @@ from ..render import PALETTE, layout
 
 if TYPE_CHECKING:
     from ..model import Task
-    from ..orchestrator import Run
+    from ..run import Run
 
 _HERE = Path(__file__).parent
 

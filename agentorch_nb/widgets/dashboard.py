@@ -11,12 +11,12 @@ import asyncio
 import dataclasses
 import html
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import ipywidgets as ipw
 
 from ..exceptions import AgentorchError
-from ..orchestrator import Run
+from ..run import Run
 from ._feed import Batch, RunFeed
 from .actions import button, perform
 from .controls import HitlPanel, RunHeader

@@ -41,7 +41,7 @@ orch = ao.Orchestrator({str(repo)!r}, agents=Agents(TestDirector(random_dag(20, 
 t0 = time.perf_counter()
 run = orch.start("kernel run")
 print("returned after", round(time.perf_counter() - t0, 3))
-print(asyncio.get_running_loop() is run._engine.loop)
+print(asyncio.get_running_loop() is run.engine.loop)
 """)
         started = time.monotonic()
         # The kernel is idle now: no cell runs. The run must still advance.

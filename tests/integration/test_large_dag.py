@@ -116,7 +116,7 @@ async def test_large_random_dag_with_failures_and_human_resolutions(orch_factory
     assert {i.task_id for i in run.interrupts()} == orphans
 
     # Never more than the limit at once, and the limit was actually used.
-    assert running["max"] == WORKERS and run._engine.max_running_seen == WORKERS
+    assert running["max"] == WORKERS and run.engine.max_running_seen == WORKERS
     # Transient failures were retried: two or three attempts each, the last one approved.
     for t in transient - cascade - orphans:
         assert run.task(t).attempts >= 2

@@ -1,6 +1,6 @@
 import pytest
 
-from agentorch_nb import CycleError, TaskStatus, UnknownTask
+from agentorch_nb import CycleError, MissingDependency, TaskStatus, UnknownTask
 from agentorch_nb.dag import TaskGraph
 
 S = TaskStatus
@@ -64,5 +64,6 @@ def test_remove_dependency_unblocks():
     g = graph([("t2", "t1")])
     g.remove_dependency("t2", "t1")
     assert g.readiness({"t1": S.ACTIVE, "t2": S.PLANNED}) == (["t2"], [])
-    with pytest.raises(UnknownTask):
+    # A missing edge is named as an edge, not as an unknown task.
+    with pytest.raises(MissingDependency, match="'t2' does not depend on 't1'"):
         g.remove_dependency("t2", "t1")

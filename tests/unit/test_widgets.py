@@ -371,14 +371,14 @@ async def test_restart_from_the_header_follows_the_new_engine(orch_factory):
 
 
 async def test_a_run_no_engine_drives_here_is_read_from_the_store(orch_factory):
-    from agentorch_nb import orchestrator
+    from agentorch_nb import live
     from agentorch_nb.store.records import task_row
 
     orch = orch_factory(chain("a", "b"))
     run = orch.start("stored")
     assert await run.wait(10) == RunStatus.COMPLETED
     await asyncio.sleep(0.1)
-    orchestrator._LIVE.clear()  # as in another kernel: only the store knows the run
+    live.clear()  # as in another kernel: only the store knows the run
     board = RunDashboard(orch.run(run.id))
     assert not board.feed.live and board.header.reload.layout.display is None
     assert [n["status"] for n in board.dag._nodes.values()] == ["complete", "complete"]

@@ -1,0 +1,90 @@
+"""Steering a run that another process drives: the sender's side of the command inbox.
+
+A command becomes a ``commands`` row (pending) in the store; then the sender connects to
+the engine's wake-up port on 127.0.0.1 (its address is in the run's row) and sends the run
+id. The engine (:mod:`agentorch_nb.engine.inbox`) applies its pending commands, marks each
+applied or rejected, and answers, so the sender learns the outcome without polling. With
+no live engine the command stays pending and ``resume()`` applies it first.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from typing import Any
+
+from .exceptions import ResolutionError, UnknownRun, UnknownTask
+from .model import TaskStatus, utcnow
+from .store import Store
+
+
+def send_command(store: Store, run_id: str, kind: str, payload: dict[str, Any],
+                 source: str) -> str:
+    """Post a command to whichever process drives the run. Returns ``"applied"``, or
+    ``"pending"`` when no engine is live (a resume applies it); raises the engine's refusal."""
+    if "task_id" in payload:
+        check_command(store, run_id, kind, payload)
+    command_id = f"cmd-{uuid.uuid4().hex[:10]}"
+    store.upsert("commands", {
+        "run_id": run_id, "command_id": command_id, "ts": utcnow(), "kind": kind,
+        "payload": payload, "source": source, "status": "pending"})
+    row = run_row(store, run_id)  # flushes the command first
+    if not row["engine_address"] or not poke(row["engine_address"], run_id):
+        return "pending"
+    (cmd,) = store.rows("select status, error from commands where run_id = ? and command_id = ?",
+                        [run_id, command_id])
+    if cmd["status"] == "rejected":
+        raise ResolutionError(cmd["error"])
+    return cmd["status"]
+
+
+def check_command(store: Store, run_id: str, kind: str, payload: dict[str, Any]) -> None:
+    """Refuse at once what the engine would refuse, when the store can tell."""
+    rows = store.rows("select status from tasks where run_id = ? and task_id = ?",
+                      [run_id, payload["task_id"]])
+    if not rows:
+        raise UnknownTask(payload["task_id"], run_id)
+    if kind == "resolve" and rows[0]["status"] != TaskStatus.WAITING_HUMAN:
+        raise ResolutionError(
+            f"cannot resolve task {payload['task_id']!r}: it is {rows[0]['status']}, "
+            "and only waiting_human tasks take a resolution")
+
+
+def run_row(store: Store, run_id: str) -> dict[str, Any]:
+    """The run's row as stored, after this process's queued writes."""
+    store.flush_sync()
+    rows = store.rows("select * from runs where run_id = ?", [run_id])
+    if not rows:
+        raise UnknownRun(run_id, store.path)
+    return rows[0]
+
+
+def default_source() -> str:
+    return f"process:{os.getpid()}@{socket.gethostname()}"
+
+
+def poke(address: str, run_id: str, timeout: float = 10.0) -> bool:
+    """Wake the engine at ``address`` and wait until it has applied its inbox.
+    False when no engine answers there (the command then waits for a resume)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+            sock.sendall(f"{run_id}\n".encode())
+            return sock.makefile().readline() != ""
+    except OSError:
+        return False
+
+
+def engine_alive(row: dict[str, Any]) -> bool:
+    """Is the process recorded as driving a run still there and answering?"""
+    if not row["engine_address"]:
+        return False
+    if row["engine_host"] == socket.gethostname():
+        try:
+            os.kill(int(row["engine_pid"]), 0)
+        except (ProcessLookupError, ValueError, TypeError):
+            return False
+        except PermissionError:
+            pass
+    return poke(row["engine_address"], row["run_id"], timeout=2.0)
