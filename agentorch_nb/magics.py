@@ -4,7 +4,7 @@
     %agentorch status [RUN]        %agentorch runs
     %agentorch resume RUN          %agentorch cancel RUN
 
-    %%agentsql [--store PATH]
+    %%agentsql [--store PATH] [--write]
     select task_id, status from tasks
 
 Each is a thin layer over the Python API (``Orchestrator.start``, ``Run.summary``, ...), so
@@ -116,14 +116,16 @@ class AgentorchMagics(Magics):
     @cell_magic
     def agentsql(self, line: str, cell: str):
         """The cell's SQL over a store, as a DataFrame: the store given with ``--store``, or
-        that of the orchestrator this kernel used last."""
+        that of the orchestrator this kernel used last. Read-only unless ``--write``."""
         words = shlex.split(line)
+        write = "--write" in words
+        words = [w for w in words if w != "--write"]
         store = None
         if words[:1] == ["--store"] and len(words) == 2:
             store = words[1]
         elif words:
-            raise InvalidInput("usage: %%agentsql [--store PATH]")
-        return sql(cell, store=store)
+            raise InvalidInput("usage: %%agentsql [--store PATH] [--write]")
+        return sql(cell, store=store, write=write)
 
 
 def load_ipython_extension(ipython) -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 from .engine.protocols import Agents, Context
 from .model import Profile, Task, TaskSpec, Verdict, WorkResult
 
-__all__ = ["Agents", "TestDirector", "TestStrategist", "TestWorker", "demo_agents",
-           "random_dag", "DEMO_OBJECTIVE"]
+__all__ = ["Agents", "FileWorker", "TestDirector", "TestStrategist", "TestWorker", "demo_agents",
+           "random_dag", "resolve_conflicts", "DEMO_OBJECTIVE"]
 
 Rule = Callable[[Task, Context], "str | None"]
 
@@ -68,6 +68,67 @@ class TestWorker:
         ctx.log("assistant", f"Done: {task.title}")
         extra = self.new_tasks(task) if self.new_tasks else []
         return WorkResult(summary=f"{task.title} (attempt {ctx.attempt})", new_tasks=extra)
+
+
+class FileWorker:
+    """Writes files into its attempt's worktree: ``files(task)`` maps paths to their new text
+    (None deletes the file). A ``merge`` task resolves the conflicts left in its worktree
+    with :func:`resolve_conflicts`. Writes ``task attempt`` lines to ``journal`` if given."""
+
+    __test__ = False
+
+    def __init__(self, files: Callable[[Task], dict[str, str | None]],
+                 journal: str | Path | None = None) -> None:
+        self.files = files
+        self.journal = Path(journal) if journal else None
+
+    async def run(self, task: Task, ctx: Context) -> WorkResult:
+        root = await ctx.worktree()
+        if self.journal is not None:
+            with self.journal.open("a") as f:
+                f.write(f"{task.id} {ctx.attempt}\n")
+        if task.profile == Profile.MERGE:
+            resolved = await asyncio.to_thread(resolve_conflicts, root)
+            return WorkResult(f"resolved {', '.join(resolved) or 'nothing'}")
+        for name, text in self.files(task).items():
+            path = root / name
+            if text is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+        return WorkResult(f"wrote {', '.join(self.files(task)) or 'nothing'}")
+
+
+def resolve_conflicts(root: Path) -> list[str]:
+    """Resolve every conflict git left in the worktree at ``root`` by keeping both sides'
+    lines (ours, then those of theirs not already kept): the scripted merge worker's rule
+    for files that are lists of lines. Returns the files it resolved."""
+    import subprocess
+
+    out = subprocess.run(["git", "-C", str(root), "diff", "--name-only", "--diff-filter=U"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    for name in out:
+        path = root / name
+        kept, side, ours, theirs = [], None, [], []
+        for line in path.read_text().splitlines(keepends=True):
+            if line.startswith("<<<<<<< "):
+                side, ours, theirs = "ours", [], []
+            elif line.startswith("||||||| ") and side == "ours":
+                side = "base"
+            elif line.startswith("=======") and side in ("ours", "base"):
+                side = "theirs"
+            elif line.startswith(">>>>>>> ") and side == "theirs":
+                kept += ours + [t for t in theirs if t not in ours]
+                side = None
+            elif side == "ours":
+                ours.append(line)
+            elif side == "theirs":
+                theirs.append(line)
+            elif side is None:
+                kept.append(line)
+        path.write_text("".join(kept))
+    return out
 
 
 class TestStrategist:

@@ -365,19 +365,29 @@ class Workspace:
 
     # --------------------------------------------------------------- hygiene
     def run_worktrees(self, run_id: str | None = None) -> list[Worktree]:
-        """agentorch worktrees git knows of (of one run, or all)."""
-        found, path, branch = [], None, None
+        """agentorch worktrees (of one run, or all): those git lists on an agentorch branch,
+        and the directories under ``.worktrees/`` that a crash left in any state (HEAD
+        unborn, unknown to git), named after the branch their path stands for."""
+        found: dict[Path, Worktree] = {}
+        path, branch = None, None
+        prefix = f"agentorch/{run_id}/" if run_id else "agentorch/"
         for line in _git(self.root, "worktree", "list", "--porcelain").splitlines() + [""]:
             if line.startswith("worktree "):
                 path = Path(line[9:])
             elif line.startswith("branch refs/heads/"):
                 branch = line[18:]
             elif not line and path is not None:
-                prefix = f"agentorch/{run_id}/" if run_id else "agentorch/"
                 if branch and branch.startswith(prefix):
-                    found.append(Worktree(path, branch, ""))
+                    found[path] = Worktree(path, branch, "")
                 path = branch = None
-        return found
+        runs = [self.worktrees_dir / run_id] if run_id else (
+            [d for d in self.worktrees_dir.iterdir() if d.is_dir()] if self.worktrees_dir.is_dir() else [])
+        for run_dir in runs:
+            for wt_dir in sorted(run_dir.glob("*-a*")) if run_dir.is_dir() else []:
+                task, _, attempt = wt_dir.name.rpartition("-a")
+                if wt_dir not in found and attempt.isdigit():
+                    found[wt_dir] = self.worktree_for(run_dir.name, task, int(attempt))
+        return list(found.values())
 
     def cleanup(self, run_id: str | None = None, keep: frozenset[str] = frozenset()) -> list[str]:
         """Remove the worktrees and branches of a run (or of all runs), except the branches
@@ -421,7 +431,7 @@ class Workspace:
             if branch not in known and not any(w.branch == branch for w in self.run_worktrees(run_id)):
                 with self._wt_lock:
                     _git(self.root, "branch", "-D", branch, check=False)
-                report.append(f"removed branch {branch} that no attempt recorded")
+                report.append(f"removed branch {branch} that no attempt recorded whole")
         return report
 
     def _branches(self, prefix: str) -> list[str]:
