@@ -153,20 +153,25 @@ class _Pipe(asyncio.Protocol):
 
 # ------------------------------------------------------------------ Linux: a supervisor
 class _Server:
-    """This process's supervisor server, started on first use (and again after a fork or
-    if it died). Every command is one message to it; it forks the command's supervisor."""
+    """This process's supervisor server, started on first use (and again in a forked child,
+    or if it died). Every command is one message to it; it forks the command's supervisor."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.sock: socket.socket | None = None
         self.proc: subprocess.Popen | None = None
-        self.owner = 0
+
+    def forget(self) -> None:
+        """In a forked child: the parent's server is the parent's."""
+        self.lock = threading.Lock()
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = self.proc = None
 
     def start_command(self, fds: list[int]) -> None:
         with self.lock:
             for attempt in range(2):
-                if (self.sock is None or self.owner != os.getpid()
-                        or self.proc is None or self.proc.poll() is not None):
+                if self.sock is None or self.proc is None or self.proc.poll() is not None:
                     self.start()
                 try:
                     socket.send_fds(self.sock, [b"x"], fds)
@@ -174,6 +179,7 @@ class _Server:
                 except OSError:
                     if attempt:
                         raise
+                    self.sock.close()
                     self.sock = None
 
     def start(self) -> None:
@@ -190,10 +196,12 @@ class _Server:
             raise
         finally:
             theirs.close()
-        self.sock, self.owner = ours, os.getpid()
+        self.sock = ours
 
 
 _SERVER = _Server()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_SERVER.forget)
 
 
 async def _supervised(argv, cwd, timeout, env, input, out, err) -> tuple[int | None, bool]:
@@ -219,10 +227,11 @@ async def _supervised(argv, cwd, timeout, env, input, out, err) -> tuple[int | N
             os.close(fd)
     transports: list[asyncio.BaseTransport] = []
     pending: list[asyncio.Future] = []
+    status = writer = None
     try:
+        mine.sendall(request)  # a few kB: the socket's buffer takes it at once
         status, writer = await asyncio.open_unix_connection(sock=mine)
         transports.append(writer.transport)
-        writer.write(request)
         for capture, file in ((out, files[0]), (err, files[1])):
             pending.append(loop.create_future())
             transport, _ = await loop.connect_read_pipe(
@@ -238,13 +247,14 @@ async def _supervised(argv, cwd, timeout, env, input, out, err) -> tuple[int | N
             code = await asyncio.wait_for(_exit_code(status), timeout)
         except TimeoutError:
             code, timed_out = await _stop(status, writer), True
-        except BaseException:
-            await asyncio.shield(_stop(status, writer))
-            raise
         # Nothing of the command runs any more, so nothing holds the pipes: the rest of
         # the output is already on its way.
         await _settled(pending)
         return code, timed_out
+    except BaseException:
+        if status is not None:  # else closing the socket below tells the supervisor to stop
+            await asyncio.shield(_stop(status, writer))
+        raise
     finally:
         for transport in transports:
             transport.close()
