@@ -149,16 +149,19 @@ class Orchestrator:
         return Run(self, engine.run_id)
 
     def _make_durable(self, engine: Engine) -> None:
-        """The run's row and first events are on disk before its id is handed out."""
-        try:
-            self.store.flush_sync(timeout=self.config.lock_timeout)
-        except TimeoutError:
-            busy = self.store.busy
-            raise StoreBusy(
-                f"run {engine.run_id} was not started: {self.store.path} is held by "
-                f"{busy.describe() if busy else 'another process'}. Its record is written "
-                f"when the file is free; then orch.resume({engine.run_id!r}) starts it."
-            ) from None
+        """The run's row and first events are on disk before its id is handed out. Refused
+        (nothing starts) when another process holds the store past lock_timeout."""
+        done = self.store.flush_future()
+        while True:
+            try:
+                return done.result(timeout=0.05)
+            except TimeoutError:
+                busy = self.store.busy
+                if busy is not None:
+                    raise StoreBusy(
+                        f"run {engine.run_id} was not started: {self.store.path} is held by "
+                        f"{busy.describe()}. Its record is written when the file is free; "
+                        f"then orch.resume({engine.run_id!r}) starts it.") from None
 
     def cleanup(self, run_id: str | None = None) -> list[str]:
         """Remove the worktrees and branches runs left behind (of one run, or of every run

@@ -376,9 +376,12 @@ class Engine(AttemptLifecycle):
         if busy is not None:
             log.warning("run %s: no new attempt starts while the store is held by %s",
                         self.run_id, busy.describe())
+            self.record_event("store_busy", None, holder=busy.holder, held_by=busy.describe())
         elif was is not None:
-            self.record_event("store_busy", None, holder=was.holder, waited=round(
-                time.time() - was.since, 1))
+            log.warning("run %s: the store is free again after %.0f s", self.run_id,
+                        time.time() - was.since)
+            self.record_event("store_free", None, holder=was.holder,
+                              waited=round(time.time() - was.since, 1))
         self._notify()
         self.wake()
 
@@ -414,11 +417,11 @@ class Engine(AttemptLifecycle):
                     await self.integration.finish_run()
                 except Exception:  # noqa: BLE001 - leftovers are reported by orch.cleanup()
                     log.exception("cleaning up the worktrees of run %s failed", self.run_id)
-            if self._on_store_busy in self.store.busy_listeners:
-                self.store.busy_listeners.remove(self._on_store_busy)
             for cb in self.on_stop:
                 cb(self)
-            await self.store.flush()
+            await self.store.flush()  # waits, if another process holds the store
+            if self._on_store_busy in self.store.busy_listeners:
+                self.store.busy_listeners.remove(self._on_store_busy)
             self._notify()
 
     async def _plan(self) -> None:
