@@ -332,7 +332,10 @@ async def test_bad_commands_are_refused_and_change_nothing(orch_factory):
         run.resolve("t1", "spawn", title="x", depends_on=["t2"])
     with pytest.raises(ao.ResolutionError, match="it is waiting_human"):
         run.interrupt("t1")
+    with pytest.raises(ao.MissingDependency, match="'t1' does not depend on 't2'"):
+        run.remove_dependency("t1", "t2")
     assert (statuses(run), len(run.events())) == before
+    assert run.task("t2").depends_on == ["t1"]
 
 
 async def test_director_without_tasks_fails_the_run_with_a_reason(orch_factory):

@@ -1,0 +1,108 @@
+"""Bad input refused with a message that says what to do, and nothing changed: a store that
+is not DuckDB, one of a newer schema, SQL that would change the record, a stranger on the
+wake-up port; and the store kept private to its owner."""
+
+import asyncio
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+
+import duckdb
+import pytest
+
+import agentorch_nb as ao
+from agentorch_nb.store import SCHEMA_VERSION, Store
+from agentorch_nb.testing import TestWorker
+
+
+def test_a_store_that_is_not_duckdb_is_refused_at_construction(repo, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes, not a database\n")
+    with pytest.raises(ao.StoreError, match="is not a DuckDB database"):
+        ao.Orchestrator(repo, store=notes)
+    assert notes.read_text() == "my notes, not a database\n"
+    with pytest.raises(ao.StoreError, match="is a directory"):
+        ao.Orchestrator(repo, store=tmp_path)
+
+
+def test_a_newer_schema_is_refused_and_the_file_let_go(tmp_path):
+    path = tmp_path / "new.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("create table schema_version (version integer, applied_at timestamp)")
+    con.execute("insert into schema_version values (?, now())", [SCHEMA_VERSION + 1])
+    con.close()
+    store = Store.open(path)
+    with pytest.raises(ao.SchemaTooNew, match="upgrade agentorch_nb"):
+        store.rows("select 1")
+    # Another process can open the file at once: this one does not keep it.
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import duckdb
+        con = duckdb.connect({str(path)!r})
+        print(con.execute("select max(version) from schema_version").fetchone()[0])""")],
+        capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == str(SCHEMA_VERSION + 1), out.stderr
+    store.close()
+
+
+async def test_sql_reads_unless_asked_to_write(orch_factory):
+    orch = orch_factory([ao.TaskSpec("a")])
+    run = orch.start("x")
+    await run.wait(10)
+    for statement in ("drop table tasks", "delete from events",
+                      "select 1; update tasks set status = 'planned'", "copy tasks to 'x.csv'"):
+        with pytest.raises(ao.InvalidInput, match="would change the store"):
+            ao.sql(statement, store=orch.store.path)
+        with pytest.raises(ao.InvalidInput, match="write=True"):
+            orch.sql(statement)
+    assert len(ao.sql("select * from tasks", store=orch.store.path)) == 1
+    ao.sql("create table notes (t varchar)", store=orch.store.path, write=True)
+    ao.sql("insert into notes values ('why t1 failed')", write=True)
+    assert ao.sql("select t from notes").t.tolist() == ["why t1 failed"]
+    with pytest.raises(ao.InvalidInput, match="does not parse"):
+        ao.sql("selec 1")
+
+
+async def test_a_stranger_on_the_wake_up_port_changes_nothing(orch_factory):
+    gate = asyncio.Event()
+
+    class Gated(TestWorker):  # keeps the run live until the strangers have been and gone
+        async def run(self, task, ctx):
+            await gate.wait()
+            return await super().run(task, ctx)
+
+    run = orch_factory([ao.TaskSpec("a")], worker=Gated()).start("x")
+    engine = run.engine
+    while engine.engine_address is None:  # the inbox opens on the loop's first turns
+        await asyncio.sleep(0.01)
+    host, port = engine.engine_address.rsplit(":", 1)
+    for payload in (b"x" * 1_000_000 + b"\n", b"not-the-run\n", b"\xff\xfe\n", b""):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(payload)
+            await writer.drain()
+            if not payload:
+                writer.write_eof()
+            answer = await asyncio.wait_for(reader.read(), 10)
+        except ConnectionResetError:  # the engine hung up while the line still came in
+            answer = b""
+        assert answer == b""  # closed without an answer
+        writer.close()
+    # The port still serves the engine's own senders.
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"{run.id}\n".encode())
+    assert (await asyncio.wait_for(reader.readline(), 10)).strip() == b"0"
+    writer.close()
+    gate.set()
+    assert await run.wait(10) == ao.RunStatus.COMPLETED
+    assert not run.store.rows("select * from commands where run_id = ?", [run.id])
+
+
+def test_the_store_is_private_to_its_owner(repo):
+    orch = ao.Orchestrator(repo)
+    orch.store.flush_sync()
+    orch.store.rows("select 1")
+    path = orch.store.path
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
