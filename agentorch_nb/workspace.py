@@ -7,6 +7,12 @@ work. Approved work is merged into the target branch one merge at a time, also a
 processes (a lock file in the git directory), and the target branch is never left
 mid-merge: a conflict or any other failure aborts and restores it.
 
+Each git step is checked before it is trusted and can be redone after a crash: a worktree
+is used only when git shows it whole (:meth:`Workspace.check_worktree`), a merge is
+announced by a marker file before it starts, and :meth:`Workspace.reconcile` repairs what a
+kill left. The steps and their repairs are kept in one module (a little over 400 lines) so
+that each can be read beside its undo; git's files themselves are read in ``gitfiles.py``.
+
 Everything here blocks on git; the engine calls it through ``asyncio.to_thread``.
 """
 
@@ -23,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .exceptions import WorkspaceError
+from .gitfiles import admin_dir, remove_stale_locks, write_durably
 
 AUTHOR = ["-c", "user.name=agentorch", "-c", "user.email=agentorch@localhost"]
 # What a merge leaves in the git directory until it is concluded or aborted.
@@ -165,7 +172,7 @@ class Workspace:
         dot_git = wt.path / ".git"
         if not dot_git.is_file():
             return "no .git file"
-        admin = _admin_dir(wt.path)
+        admin = admin_dir(wt.path)
         if admin is None:
             return "git does not list it as a worktree"
         if (admin / "locked").exists():
@@ -201,7 +208,7 @@ class Workspace:
                 # Twice --force: also a worktree left locked by a git killed while adding it.
                 _git(self.root, "worktree", "remove", "--force", "--force", str(wt.path), check=False)
                 shutil.rmtree(wt.path, ignore_errors=True)
-            admin = _admin_dir(wt.path, self.git_dir)
+            admin = admin_dir(wt.path, self.git_dir)
             if admin is not None:  # git refuses to prune a locked entry: drop it ourselves
                 shutil.rmtree(admin, ignore_errors=True)
             _git(self.root, "worktree", "prune", check=False)
@@ -270,7 +277,7 @@ class Workspace:
                 result.result_sha = before
                 return result
             # Says "a merge is under way from <before>" to a process that finds it after a crash.
-            _write_durably(self._marker, f"{before} {source_sha}\n")
+            write_durably(self._marker, f"{before} {source_sha}\n")
             try:
                 _git(self.root, *AUTHOR, "merge", "--no-edit", "-m", message, source_sha)
             except Exception:  # noqa: BLE001 - any failure: restore the target, then report
@@ -335,7 +342,7 @@ class Workspace:
         """Undo what a crash in the middle of a merge left on the target, in the order that
         can always go on: git's stale locks first (every repair below needs the index),
         then the merge our marker names. Call with the merge lock held."""
-        report = self._remove_stale_locks(lock_age)
+        report = remove_stale_locks(self.git_dir, lock_age)
         if not self._marker.exists():
             if (self.git_dir / "MERGE_HEAD").exists():
                 report.append(f"{self.target} is in the middle of a merge agentorch did not "
@@ -438,64 +445,6 @@ class Workspace:
         return _git(self.root, "branch", "--list", f"{prefix}*",
                     "--format=%(refname:short)").split()
 
-    def _remove_stale_locks(self, lock_age: float) -> list[str]:
-        report = []
-        # packed-refs.new is the half-written file that goes with packed-refs.lock.
-        locks = [*self.git_dir.glob("*.lock"), *self.git_dir.glob("refs/**/*.lock"),
-                 *self.git_dir.glob("worktrees/*/*.lock"), *self.git_dir.glob("packed-refs.new")]
-        for lock in locks:
-            if lock.name == "agentorch-merge.lock":
-                continue  # our own flock file lives there for good
-            state, age = _settle_lock(lock, lock_age)
-            if state == "removed":
-                report.append(f"removed stale {lock} ({age:.0f} s old, no process holds it)")
-            elif state == "held":
-                report.append(f"{lock} is {age:.0f} s old and may be held by a running git; left alone")
-        return report
-
-
-def _settle_lock(lock: Path, lock_age: float, grace: float = 1.0,
-                 wait: float = 10.0) -> tuple[str, float]:
-    """Remove ``lock`` if no process holds it: ``("removed" | "gone" | "held", age)``.
-
-    A git still at work (a child that outlived its engine) holds its lock open, and is
-    given ``wait`` seconds to finish. A lock nobody holds must also be ``grace`` seconds
-    old: git closes a lock file a moment before it renames it into place. Where /proc
-    cannot tell who holds what, only a lock older than ``lock_age`` is removed."""
-    import time
-
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            age = time.time() - lock.stat().st_mtime
-        except FileNotFoundError:
-            return "gone", 0.0
-        held = _held_open(lock)
-        if (held is False and age >= grace) or (held is None and age > lock_age):
-            lock.unlink(missing_ok=True)
-            return "removed", age
-        if time.monotonic() >= deadline:
-            return "held", age
-        time.sleep(0.05 if held else min(max(grace - age, 0.05), 0.5))
-
-
-def _held_open(path: Path) -> bool | None:
-    """Whether any process has ``path`` open (git keeps its lock files open while it holds
-    them); None where /proc cannot tell (then only the lock's age can)."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return None
-    target = str(path)
-    for fd_dir in proc.glob("[0-9]*/fd"):
-        try:
-            for fd in fd_dir.iterdir():
-                if os.readlink(fd) == target:
-                    return True
-        except OSError:
-            continue  # a process that ended, or one we may not look into
-    return False
-
-
 def exclude(root: Path, pattern: str) -> None:
     """Keep a path out of git without committing anything: ``.git/info/exclude``."""
     out = _git(root, "rev-parse", "--git-path", "info/exclude")
@@ -520,37 +469,3 @@ def init_workspace(path: str | os.PathLike, branch: str = "main") -> Workspace:
         _git(root, "add", "README.md")
         _git(root, *AUTHOR, "commit", "-q", "-m", "Initial commit")
     return Workspace(root)
-
-
-def _admin_dir(path: Path, git_dir: Path | None = None) -> Path | None:
-    """The administrative directory git keeps for the worktree at ``path``
-    (``<git-dir>/worktrees/<name>``): named by its ``.git`` file, or, when a crash left no
-    such file, found by the ``gitdir`` entry that points back at ``path``."""
-    try:
-        text = (path / ".git").read_text().strip()
-    except OSError:
-        text = ""
-    if text.startswith("gitdir:"):
-        admin = Path(text[7:].strip())
-        admin = admin if admin.is_absolute() else (path / admin).resolve()
-        return admin if admin.is_dir() else None
-    if git_dir is None:
-        return None
-    target = str(path / ".git")
-    for entry in (git_dir / "worktrees").glob("*/gitdir"):
-        try:
-            if entry.read_text().strip() == target:
-                return entry.parent
-        except OSError:
-            continue
-    return None
-
-
-def _write_durably(path: Path, text: str) -> None:
-    """Write a small file and fsync it: it must be on disk before the step it announces."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)

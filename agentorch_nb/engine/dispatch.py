@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..dag import TaskGraph, natural_key
-from ..exceptions import InvalidInput, ResolutionError, UnknownTask
+from ..exceptions import ResolutionError, UnknownTask
 from ..model import (
     Attempt,
     Interrupt,
@@ -34,17 +34,17 @@ from ..model import (
     Profile,
     RunStatus,
     Task,
-    TaskSpec,
     TaskStatus,
     check_transition,
-    utcnow,
 )
 from ..store import Store
-from ..store.store import Busy
-from ..store.records import attempt_row, interrupt_row, task_row
+from ..store.sharing import Busy
+from ..store.records import interrupt_row
 from .attempts import AttemptLifecycle
+from .planning import Planning
+from .recording import Recording
 from .integration import Integration
-from .protocols import Agents, Context
+from .protocols import Agents
 
 if TYPE_CHECKING:
     from .resume import StoredRun
@@ -54,7 +54,7 @@ S = TaskStatus
 
 
 
-class Engine(AttemptLifecycle):
+class Engine(Recording, Planning, AttemptLifecycle):
     def __init__(
         self,
         *,
@@ -73,6 +73,11 @@ class Engine(AttemptLifecycle):
         self.workspace = workspace
         self.status = RunStatus.RUNNING
         self.error: str | None = None
+        self.created_at = None
+        # The process that drives the run and its wake-up port, as the run's row shows them.
+        self.engine_pid: int | None = None
+        self.engine_host: str | None = None
+        self.engine_address: str | None = None
         self.tasks: dict[str, Task] = {}
         self.graph = TaskGraph()
         self.attempts: dict[str, list[Attempt]] = {}
@@ -109,62 +114,6 @@ class Engine(AttemptLifecycle):
         # Called on the engine's loop with each event, message and streamed reply chunk as it
         # happens (see _publish); the widgets watch a live run through this.
         self.observers: list[Callable[[dict[str, Any]], None]] = []
-
-    # ------------------------------------------------------------- recording
-    def record_event(self, kind: str, task_id: str | None = None, /, **payload: Any) -> None:
-        """Append one event (the run's record) and tell the observers."""
-        self._seq += 1
-        row = {"run_id": self.run_id, "seq": self._seq, "ts": utcnow(), "task_id": task_id,
-               "kind": kind, "payload": payload}
-        self.store.append("events", row)
-        self._publish("event", row)
-
-    def _publish(self, channel: str, row: dict[str, Any]) -> None:
-        """Tell the observers. They must be quick (they queue, they do not draw), and one
-        that fails is logged and dropped: watching a run must never break it."""
-        for fn in list(self.observers):
-            try:
-                fn({"channel": channel, **row})
-            except Exception:
-                log.exception("run %s: observer %r failed and was removed", self.run_id, fn)
-                self.observers.remove(fn)
-
-    def save_task(self, task: Task) -> None:
-        """Write the task's current row (queued; on disk at the next flush)."""
-        task.updated_at = utcnow()
-        self.store.upsert("tasks", task_row(task))
-
-    def save_attempt(self, a: Attempt) -> None:
-        self.store.upsert("attempts", attempt_row(a))
-
-    def save_run(self) -> None:
-        now = utcnow()
-        self.store.upsert(
-            "runs",
-            {"run_id": self.run_id, "objective": self.objective,
-             "workspace": str(self.workspace) if self.workspace else None,
-             "status": self.status, "config": self.config.to_dict(), "error": self.error,
-             "engine_pid": self.engine_pid, "engine_host": self.engine_host,
-             "engine_address": self.engine_address, "created_at": self.created_at,
-             "updated_at": now, "finished_at": now if self.status.finished else None},
-        )
-
-    engine_pid: int | None = None
-    engine_host: str | None = None
-    engine_address: str | None = None
-    created_at = None
-
-    def record_message(self, task_id, attempt, role, content, metadata) -> None:
-        row = {"run_id": self.run_id, "task_id": task_id, "attempt": attempt, "role": role,
-               "content": content, "metadata": metadata or None, "ts": utcnow()}
-        self.store.append("messages", row)
-        self._publish("message", row)
-
-    def stream_chunk(self, task_id: str | None, attempt: int, role: str, text: str) -> None:
-        """Part of a model reply still arriving: shown live, never stored (the whole reply
-        is recorded as a message when it is complete)."""
-        self._publish("chunk", {"run_id": self.run_id, "task_id": task_id, "attempt": attempt,
-                                "role": role, "content": text})
 
     def set_run_status(self, status: RunStatus, error: str | None = None) -> None:
         if status == self.status and error is None:
@@ -263,73 +212,6 @@ class Engine(AttemptLifecycle):
         """``task_id`` is approved work that a merge task is integrating."""
         return task_id in self._merging
 
-    # ----------------------------------------------------------------- tasks
-    def add_tasks(self, specs: list[TaskSpec], created_by: str) -> list[Task]:
-        """Add tasks to the graph, all or none: unknown dependencies and cycles are refused."""
-        ids: dict[str, str] = {}
-        new: list[Task] = []
-        for i, spec in enumerate(specs):
-            if not spec.title or not spec.title.strip():
-                raise InvalidInput(f"task {i + 1} of {len(specs)} has no title")
-            try:
-                profile = Profile(spec.profile)
-            except ValueError:
-                raise InvalidInput(
-                    f"unknown profile {spec.profile!r}; use one of {[p.value for p in Profile]}"
-                ) from None
-            tid = f"t{self._next_task + i}"
-            ids[spec.key or tid] = tid
-            new.append(Task(
-                id=tid, run_id=self.run_id, title=spec.title.strip(), description=spec.description,
-                acceptance_criteria=list(spec.acceptance_criteria), profile=profile,
-                phase=spec.phase,
-                max_retries=self.config.max_retries if spec.max_retries is None else spec.max_retries,
-                created_by=created_by,
-            ))
-        new_ids = set(ids.values())
-        for spec, task in zip(specs, new):
-            deps = []
-            for d in spec.depends_on:
-                dep = ids.get(d, d)
-                if dep not in self.tasks and dep not in new_ids:
-                    raise UnknownTask(d, self.run_id)
-                deps.append(dep)
-            task.depends_on = sorted(set(deps), key=natural_key)
-        for task in new:
-            self.graph.add_task(task.id)
-        try:
-            for task in new:
-                for dep in task.depends_on:
-                    self.graph.add_dependency(task.id, dep)
-        except Exception:
-            for task in new:
-                self.graph.remove_task(task.id)
-            raise
-        self._next_task += len(new)
-        for task in new:
-            self.tasks[task.id] = task
-            self.attempts[task.id] = []
-            self._counts[task.status] += 1
-            if task.profile == Profile.PLAN:
-                self._plan_counts[task.status] += 1
-                self._review_wanted = True
-            self.record_event("task_created", task.id, title=task.title, profile=task.profile,
-                       depends_on=task.depends_on, created_by=created_by)
-            self.save_task(task)
-            self.store.set_deps(self.run_id, task.id, task.depends_on)
-            self._dirty.add(task.id)
-        self._priority = None
-        self._notify()
-        return new
-
-    def _merge_task_gone(self, merge_id: str) -> None:
-        """A merge task was abandoned: the work it was to integrate is a failed attempt."""
-        for tid in [t for t, m in self._merging.items() if m == merge_id]:
-            del self._merging[tid]
-            reason = f"its merge task {merge_id} was abandoned"
-            self.move(tid, S.FAILED, reason)
-            self.after_failure(self.tasks[tid], reason)
-
     def task(self, task_id: str) -> Task:
         try:
             return self.tasks[task_id]
@@ -424,17 +306,6 @@ class Engine(AttemptLifecycle):
                 self.store.busy_listeners.remove(self._on_store_busy)
             self._notify()
 
-    async def _plan(self) -> None:
-        ctx = Context(self.run_id, self.objective, self.workspace, _engine=self)
-        async with asyncio.timeout(self.config.plan_timeout):
-            specs = await self.agents.director.plan(self.objective, ctx)
-        if not specs:
-            raise InvalidInput("the Director produced no tasks for this objective")
-        self.add_tasks(list(specs), created_by="director")
-        self.planned = True
-        self.record_event("planned", None, tasks=len(specs))
-        await self.store.flush()
-
     def _step(self) -> None:
         if self._dirty:
             dirty, self._dirty = self._dirty, set()
@@ -466,22 +337,6 @@ class Engine(AttemptLifecycle):
                 heapq.heappush(self._ready, entry)
         self._settle()
 
-    # The Director may review the graph once planning is done (``review`` is optional in its
-    # protocol). Until then only plan tasks start, so the review can still order the rest.
-    def _plans_open(self) -> int:
-        p = self._plan_counts
-        return p[S.PLANNED] + p[S.READY] + p[S.ACTIVE] + p[S.AWAITING_QA] + p[S.FAILED]
-
-    def _review_holds(self) -> bool:
-        return self._reviewing is not None or (self._review_wanted and self._plans_open() > 0)
-
-    def _start_review(self) -> None:
-        self._review_wanted = False
-        review = getattr(self.agents.director, "review", None)
-        if review is not None:
-            self._reviewing = self.loop.create_task(self._review(review),
-                                                    name=f"agentorch:{self.run_id}:review")
-
     def _settle(self) -> None:
         if self.status.finished:
             return
@@ -496,30 +351,6 @@ class Engine(AttemptLifecycle):
             self.set_run_status(RunStatus.COMPLETED)
         else:  # only waiting_human / planned-behind-them are left
             self.set_run_status(RunStatus.PAUSED)
-
-    async def _review(self, review) -> None:
-        ctx = Context(self.run_id, self.objective, self.workspace, _engine=self)
-        listing = [{"id": t.id, "title": t.title, "profile": t.profile.value,
-                    "depends_on": list(t.depends_on)} for t in self.tasks.values()]
-        try:
-            async with asyncio.timeout(self.config.plan_timeout):
-                edges = await review(self.objective, listing, ctx)
-            from . import hitl
-
-            for task_id, depends_on in edges:
-                try:
-                    hitl.add_dependency(self, task_id, depends_on, source="director")
-                except Exception as exc:  # noqa: BLE001 - an edit the graph refuses is skipped
-                    ctx.log("system", f"review edit {task_id} <- {depends_on} refused: {exc}")
-            self.record_event("reviewed", None, added=[list(e) for e in edges])
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the review is advice; the run goes on without it
-            log.warning("the Director's review of run %s failed: %s", self.run_id, exc)
-            self.record_event("reviewed", None, error=str(exc))
-        finally:
-            self._reviewing = None
-            self.wake()
 
     def raise_interrupt(self, task_id: str, kind: str, reason: str, **context: Any) -> Interrupt:
         it = Interrupt(id=f"i-{uuid.uuid4().hex[:8]}", run_id=self.run_id, task_id=task_id,

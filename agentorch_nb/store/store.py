@@ -18,7 +18,6 @@ import asyncio
 import atexit
 import concurrent.futures as cf
 import contextlib
-import json
 import logging
 import os
 import random
@@ -27,31 +26,19 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ..exceptions import InvalidInput, StoreBusy, StoreError
 from ..model import utcnow
 from .migrations import migrate
+from .batch import KEYS, TIMED, Batch
+from .sharing import Busy, check_file, lock_error, touch
 from .sqlutil import dicts, transaction
 
 log = logging.getLogger("agentorch_nb.store")
 T = TypeVar("T")
 
-# Primary keys of the tables that take upserts: rows with the same key in one batch
-# collapse to the last one.
-KEYS: dict[str, tuple[str, ...]] = {
-    "runs": ("run_id",),
-    "tasks": ("run_id", "task_id"),
-    "attempts": ("run_id", "task_id", "attempt"),
-    "interrupts": ("run_id", "interrupt_id"),
-    "resolutions": ("run_id", "resolution_id"),
-    "commands": ("run_id", "command_id"),
-    # One merge per attempt: written as 'started' before git merges, then with its outcome.
-    "merges": ("run_id", "task_id", "attempt"),
-}
-TIMED = {"events", "messages", "tool_calls", "llm_calls", "insights", "design_decisions"}
 MEMORY = ":memory:"
 # While work keeps arriving the thread keeps the file: for at most HOLD_SECONDS when another
 # process is waiting for it, MAX_HOLD_SECONDS otherwise; then it stays away GAP_SECONDS so
@@ -60,58 +47,10 @@ HOLD_SECONDS = 0.15
 MAX_HOLD_SECONDS = 1.0
 GAP_SECONDS = 0.02
 IDLE_SECONDS = 0.03
-CHUNK_ROWS = 500
-SMALL_BATCH = 40  # up to this many rows, one VALUES statement beats building a frame
 
 
 def default_path(workspace: str | os.PathLike) -> Path:
     return Path(workspace) / ".agentorch" / "agentorch.duckdb"
-
-
-class _Batch:
-    def __init__(self) -> None:
-        self.appends: dict[str, list[dict]] = {}
-        self.upserts: dict[str, dict[tuple, dict]] = {}
-        self.deps: dict[tuple[str, str], list[str]] = {}
-        self.calls: list[tuple[Callable, cf.Future, float]] = []  # fn, future, monotonic submit time
-        self.flushes: list[cf.Future] = []
-
-    def has_writes(self) -> bool:
-        return bool(self.appends or self.upserts or self.deps)
-
-    def empty(self) -> bool:
-        return not (self.has_writes() or self.calls or self.flushes)
-
-    def size(self) -> int:
-        return sum(map(len, self.appends.values())) + sum(map(len, self.upserts.values()))
-
-    def then(self, newer: _Batch) -> _Batch:
-        """This batch (which could not be written) followed by what was queued since: rows
-        keep their order, and a newer upsert of a key wins."""
-        for table, rows in newer.appends.items():
-            self.appends.setdefault(table, []).extend(rows)
-        for table, keyed in newer.upserts.items():
-            self.upserts.setdefault(table, {}).update(keyed)
-        self.deps.update(newer.deps)
-        self.calls.extend(newer.calls)
-        self.flushes.extend(newer.flushes)
-        return self
-
-
-@dataclass(frozen=True)
-class Busy:
-    """Another process holds the store file: which one, and since when."""
-
-    holder: int | None  # its pid, when DuckDB names it
-    since: float  # time.time() when this process began to wait
-
-    def describe(self) -> str:
-        who = f"process {self.holder}" if self.holder else "another process"
-        if self.holder:
-            with contextlib.suppress(OSError):
-                who += f" ({Path(f'/proc/{self.holder}/comm').read_text().strip()})"
-        when = time.strftime("%H:%M:%S", time.localtime(self.since))
-        return f"{who}, since {when} ({time.time() - self.since:.0f} s)"
 
 
 class Store:
@@ -141,7 +80,7 @@ class Store:
         if key != MEMORY and not create and not Path(key).exists():
             raise InvalidInput(f"there is no agentorch store at {key}")
         if key != MEMORY:
-            _check_file(key)
+            check_file(key)
         with cls._open_lock:
             existing = cls._open.get(key)
             store = existing() if existing else None
@@ -165,7 +104,7 @@ class Store:
         self.busy_listeners: list[Callable[[Busy | None], None]] = []
         self._waiting_since: float | None = None  # time.time() this process began to wait
         self._delay = 0.002
-        self._batch = _Batch()
+        self._batch = Batch()
         self._closed = False
         self._con = None  # open connection of the store thread, while it holds the file
         self._migrated = False
@@ -287,7 +226,7 @@ class Store:
                         and (left := deadline - time.monotonic()) > 0
                     ):
                         self._cond.wait(left)
-                batch, self._batch = self._batch, _Batch()
+                batch, self._batch = self._batch, Batch()
                 closing = self._closed
             if not batch.empty():
                 if held_since is not None and self._should_yield(held_since):
@@ -321,7 +260,7 @@ class Store:
                         _settle(fut, exc=exc)
             if closing:
                 with self._cond:
-                    leftover, self._batch = self._batch, _Batch()
+                    leftover, self._batch = self._batch, Batch()
                 for fut in leftover.flushes + [f for _, f, _ in leftover.calls]:
                     _settle(fut, exc=InvalidInput("store closed"))
                 self._release(final=True)
@@ -356,7 +295,7 @@ class Store:
         try:
             con = duckdb.connect(self.path)
         except duckdb.Error as exc:
-            if _lock_error(exc):
+            if lock_error(exc):
                 raise _Contended() from exc
             raise StoreError(f"{self.path} cannot be opened as a DuckDB database: {exc}") from exc
         if fresh:
@@ -372,13 +311,13 @@ class Store:
             self._migrated = True
         return con
 
-    def _contended(self, batch: _Batch, exc: BaseException) -> None:
+    def _contended(self, batch: Batch, exc: BaseException) -> None:
         """The file was held by another process: put ``batch`` back, fail the reads that
         have waited lock_timeout, and back off (2 ms doubling to 50 ms, jittered)."""
         now = time.monotonic()
         if self._waiting_since is None:
             self._waiting_since, self._delay = time.time(), 0.002
-        _touch(self.path + ".waiting")  # ask an agentorch holder to let go soon
+        touch(self.path + ".waiting")  # ask an agentorch holder to let go soon
         pid = re.search(r"PID (\d+)", str(exc))
         busy = Busy(int(pid.group(1)) if pid else None, self._waiting_since)
         if time.time() - self._waiting_since >= self.lock_timeout:
@@ -415,7 +354,7 @@ class Store:
             except Exception:  # noqa: BLE001 - a listener's bug must not stop the store
                 log.exception("store busy listener %r failed", fn)
 
-    def _run(self, batch: _Batch) -> None:
+    def _run(self, batch: Batch) -> None:
         """Do ``batch`` on the open connection. On a lock error (``_Contended``) the batch
         keeps exactly what was not done: the writes (one transaction, rolled back whole)
         and the reads not answered yet."""
@@ -425,14 +364,9 @@ class Store:
         if batch.has_writes():
             try:
                 with transaction(con):
-                    for table, rows in batch.appends.items():
-                        _insert(con, table, rows)
-                    for table, keyed in batch.upserts.items():
-                        _upsert(con, table, list(keyed.values()))
-                    if batch.deps:
-                        _replace_deps(con, batch.deps)
+                    batch.write(con)
             except duckdb.Error as exc:
-                if _lock_error(exc):
+                if lock_error(exc):
                     raise _Contended() from exc
                 raise
             batch.appends, batch.upserts, batch.deps = {}, {}, {}
@@ -442,7 +376,7 @@ class Store:
                 try:
                     fut.set_result(fn(con))
                 except duckdb.Error as exc:
-                    if _lock_error(exc):
+                    if lock_error(exc):
                         raise _Contended() from exc
                     fut.set_exception(exc)
                 except BaseException as exc:  # noqa: BLE001 - the caller gets it
@@ -457,48 +391,6 @@ class _Contended(Exception):
     """Another process held the file (DuckDB's lock error is the cause)."""
 
 
-def _lock_error(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return "could not set lock" in text or "conflicting lock" in text
-
-
-def _check_file(path: str) -> None:
-    """Refuse, before anything is written, a file that is not a DuckDB database."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(12)
-    except FileNotFoundError:
-        return
-    except IsADirectoryError:
-        raise StoreError(f"store {path} is a directory: name a file, e.g. "
-                         f"{os.path.join(path, 'agentorch.duckdb')}") from None
-    if head[8:12] != b"DUCK":
-        raise StoreError(
-            f"{path} is not a DuckDB database (an agentorch store is one): point store= at an "
-            "agentorch store, or at a path that does not exist yet to make a new one")
-
-
-def _touch(path: str) -> None:
-    try:
-        with open(path, "a"):
-            os.utime(path)
-    except OSError:
-        pass
-
-
-def _replace_deps(con, deps: dict[tuple[str, str], list[str]]) -> None:
-    """Replace the dependency lists of many tasks: one delete per run, one bulk insert."""
-    by_run: dict[str, list[str]] = {}
-    for run_id, task_id in deps:
-        by_run.setdefault(run_id, []).append(task_id)
-    for run_id, task_ids in by_run.items():
-        con.execute("delete from task_deps where run_id = ? and list_contains(?, task_id)",
-                    [run_id, task_ids])
-    rows = [{"run_id": r, "task_id": t, "depends_on": d} for (r, t), ds in deps.items() for d in ds]
-    if rows:
-        _insert(con, "task_deps", rows)
-
-
 def _settle(fut: cf.Future, exc: BaseException | None = None) -> None:
     if fut.done():
         return
@@ -506,62 +398,3 @@ def _settle(fut: cf.Future, exc: BaseException | None = None) -> None:
         fut.set_result(None)
     else:
         fut.set_exception(exc)
-
-
-def _cell(value: Any) -> Any:
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, default=str)
-    if hasattr(value, "value") and isinstance(getattr(value, "value"), str):  # StrEnum
-        return value.value
-    return value
-
-
-def _insert(con, table: str, rows: list[dict]) -> None:
-    """Insert rows: a few through one multi-row VALUES statement, many through pandas frames
-    (DuckDB scans a frame two orders of magnitude faster than executemany). Chunks bound how
-    long a scan holds the GIL (it reads Python objects), so the event loop keeps its turns."""
-    cols = list(dict.fromkeys(c for r in rows for c in r))
-    names = ", ".join(cols)
-    if len(rows) <= SMALL_BATCH:
-        one = "(" + ", ".join("?" * len(cols)) + ")"
-        con.execute(f"insert into {table} ({names}) values " + ", ".join([one] * len(rows)),
-                    [_cell(r.get(c)) for r in rows for c in cols])
-        return
-    for start in range(0, len(rows), CHUNK_ROWS):
-        with _frame(con, [{c: r.get(c) for c in cols} for r in rows[start:start + CHUNK_ROWS]]) as view:
-            con.execute(f"insert into {table} ({names}) select {names} from {view}")
-        if start + CHUNK_ROWS < len(rows):
-            time.sleep(0)  # hand the GIL to the loop between chunks
-
-
-def _upsert(con, table: str, rows: list[dict]) -> None:
-    """Replace rows by primary key: delete, then insert (DuckDB's INSERT OR REPLACE costs
-    several times as much)."""
-    keys = KEYS[table]
-    if len(rows) <= SMALL_BATCH:
-        match = "(" + " and ".join(f"{k} = ?" for k in keys) + ")"
-        con.execute(f"delete from {table} where " + " or ".join([match] * len(rows)),
-                    [r[k] for r in rows for k in keys])
-    else:
-        with _frame(con, [{k: r[k] for k in keys} for r in rows]) as view:
-            on = " and ".join(f"{table}.{k} = {view}.{k}" for k in keys)
-            con.execute(f"delete from {table} using {view} where {on}")
-    _insert(con, table, rows)
-
-
-@contextlib.contextmanager
-def _frame(con, rows: list[dict]):
-    """``rows`` as a pandas frame registered under a view name, for one statement."""
-    import pandas as pd
-
-    cols = list(rows[0])
-    frame = pd.DataFrame({c: pd.Series([_cell(r[c]) for r in rows], dtype=object) for c in cols})
-    con.register("_agentorch_rows", frame)
-    try:
-        yield "_agentorch_rows"
-    finally:
-        try:
-            con.unregister("_agentorch_rows")
-        except Exception:  # noqa: BLE001 - an aborted transaction refuses it; the statement's error matters
-            pass
-

@@ -1,0 +1,102 @@
+"""Git's own files as a crash leaves them: lock files a killed git did not remove, a
+worktree's administrative directory, and small files that must reach the disk before the
+step they announce. The workspace reads and repairs them through these functions."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def remove_stale_locks(git_dir: Path, lock_age: float) -> list[str]:
+    """Remove git's lock files that no process holds (see :func:`settle_lock`); say what was
+    removed and what was left."""
+    report = []
+    # packed-refs.new is the half-written file that goes with packed-refs.lock.
+    locks = [*git_dir.glob("*.lock"), *git_dir.glob("refs/**/*.lock"),
+             *git_dir.glob("worktrees/*/*.lock"), *git_dir.glob("packed-refs.new")]
+    for lock in locks:
+        if lock.name == "agentorch-merge.lock":
+            continue  # our own flock file lives there for good
+        state, age = settle_lock(lock, lock_age)
+        if state == "removed":
+            report.append(f"removed stale {lock} ({age:.0f} s old, no process holds it)")
+        elif state == "held":
+            report.append(f"{lock} is {age:.0f} s old and may be held by a running git; left alone")
+    return report
+
+
+def settle_lock(lock: Path, lock_age: float, grace: float = 1.0,
+                wait: float = 10.0) -> tuple[str, float]:
+    """Remove ``lock`` if no process holds it: ``("removed" | "gone" | "held", age)``.
+
+    A git still at work (a child that outlived its engine) holds its lock open, and is
+    given ``wait`` seconds to finish. A lock nobody holds must also be ``grace`` seconds
+    old: git closes a lock file a moment before it renames it into place. Where /proc
+    cannot tell who holds what, only a lock older than ``lock_age`` is removed."""
+    import time
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return "gone", 0.0
+        held = held_open(lock)
+        if (held is False and age >= grace) or (held is None and age > lock_age):
+            lock.unlink(missing_ok=True)
+            return "removed", age
+        if time.monotonic() >= deadline:
+            return "held", age
+        time.sleep(0.05 if held else min(max(grace - age, 0.05), 0.5))
+
+
+def held_open(path: Path) -> bool | None:
+    """Whether any process has ``path`` open (git keeps its lock files open while it holds
+    them); None where /proc cannot tell (then only the lock's age can)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    target = str(path)
+    for fd_dir in proc.glob("[0-9]*/fd"):
+        try:
+            for fd in fd_dir.iterdir():
+                if os.readlink(fd) == target:
+                    return True
+        except OSError:
+            continue  # a process that ended, or one we may not look into
+    return False
+
+
+def admin_dir(path: Path, git_dir: Path | None = None) -> Path | None:
+    """The administrative directory git keeps for the worktree at ``path``
+    (``<git-dir>/worktrees/<name>``): named by its ``.git`` file, or, when a crash left no
+    such file, found by the ``gitdir`` entry that points back at ``path``."""
+    try:
+        text = (path / ".git").read_text().strip()
+    except OSError:
+        text = ""
+    if text.startswith("gitdir:"):
+        admin = Path(text[7:].strip())
+        admin = admin if admin.is_absolute() else (path / admin).resolve()
+        return admin if admin.is_dir() else None
+    if git_dir is None:
+        return None
+    target = str(path / ".git")
+    for entry in (git_dir / "worktrees").glob("*/gitdir"):
+        try:
+            if entry.read_text().strip() == target:
+                return entry.parent
+        except OSError:
+            continue
+    return None
+
+
+def write_durably(path: Path, text: str) -> None:
+    """Write a small file and fsync it: it must be on disk before the step it announces."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
