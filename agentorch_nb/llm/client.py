@@ -77,8 +77,38 @@ def litellm_module() -> Any:
             from .scripted import install
 
             install()
+            _log_only_to_callbacks(litellm)
             _litellm_mod = litellm
     return _litellm_mod
+
+
+# Where litellm keeps the callbacks a success log goes to (names of several versions).
+CALLBACK_LISTS = ("callbacks", "success_callback", "failure_callback", "_async_success_callback",
+                  "_async_failure_callback", "input_callback", "service_callback")
+
+
+def _log_only_to_callbacks(litellm: Any) -> None:
+    """Hand litellm's logging worker a call's success log only when a callback will read it.
+
+    litellm queues every call's success log on one process-wide worker task, bound to the loop
+    of the latest call. A call on another loop (a test's, the package's background loop, a
+    kernel's) replaces that task while it still waits, and the garbage collector later reports
+    "Task was destroyed but it is pending!". With no callback configured the log has no reader,
+    so the worker is not started at all; set a litellm callback and it runs as litellm made it.
+    """
+    try:
+        from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER as worker
+    except ImportError:  # a litellm without the worker: nothing to keep quiet
+        return
+    enqueue = worker.ensure_initialized_and_enqueue
+
+    def enqueue_if_read(async_coroutine: Any) -> None:
+        if any(getattr(litellm, name, None) for name in CALLBACK_LISTS):
+            enqueue(async_coroutine)
+        else:
+            async_coroutine.close()  # never started: closing it is all it needs
+
+    worker.ensure_initialized_and_enqueue = enqueue_if_read
 
 
 @dataclass

@@ -346,3 +346,53 @@ def test_importing_the_package_does_not_import_litellm():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
     assert out.stdout.strip() == "False"
+
+
+QUIET_EXIT = '''
+import asyncio, sys
+from agentorch_nb import _loop
+from agentorch_nb.llm import LLM, Models, litellm_module, register_script
+
+register_script("quiet", [{"reply": "a few words to stream"}])
+
+async def calls():
+    llm = LLM(Models(worker_model="scripted/quiet"))
+    ask = [{"role": "user", "content": "x"}]
+    await llm.complete(role="worker", messages=ask)
+    await llm.complete(role="worker", messages=ask, on_chunk=lambda text: None)
+
+# Calls on several loops, as a test suite or a script beside a kernel's runs makes them.
+asyncio.run(calls())
+asyncio.run_coroutine_threadsafe(calls(), _loop.background_loop()).result()
+loop = asyncio.new_event_loop()
+loop.run_until_complete(calls())
+loop.close()
+
+# A callback someone sets still gets every success log.
+from litellm.integrations.custom_logger import CustomLogger
+
+class Seen(CustomLogger):
+    async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
+        seen.set()
+
+async def logged():
+    global seen
+    seen = asyncio.Event()
+    litellm_module().callbacks = [Seen()]
+    await LLM(Models(worker_model="scripted/quiet")).complete(
+        role="worker", messages=[{"role": "user", "content": "x"}])
+    await asyncio.wait_for(seen.wait(), 30)
+    litellm_module().callbacks = []
+
+asyncio.run(logged())
+print("logged")
+'''
+
+
+@pytest.mark.slow  # a fresh interpreter imports litellm
+def test_calls_on_several_loops_leave_no_pending_task_behind():
+    root = Path(ao.__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", QUIET_EXIT], capture_output=True, text=True,
+                         cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, timeout=240)
+    assert out.returncode == 0 and out.stdout.strip() == "logged", out.stderr
+    assert "Task was destroyed" not in out.stderr and "never awaited" not in out.stderr, out.stderr
