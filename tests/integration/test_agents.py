@@ -14,7 +14,7 @@ from agentorch_nb.agents import LLMTeam
 from agentorch_nb.agents.worker import ReActWorker
 from agentorch_nb.engine.resume import ENGINE_DIED
 from agentorch_nb.llm import LLM, Models, register_script
-from agentorch_nb.model import Attempt, Outcome, Task, utcnow
+from agentorch_nb.model import Attempt, Interruption, Outcome, Task, utcnow
 from agentorch_nb.tools import Toolbox, ToolEnv
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,19 +140,30 @@ async def test_running_out_of_iterations_fails_the_attempt(repo):
 
 
 async def test_a_spent_budget_pauses_new_work_with_an_interrupt(repo):
-    rules = [*plan_one(),
+    task = {"description": "d", "acceptance_criteria": ["works"], "profile": "code"}
+    rules = [REVIEW,
+             {"role": "director", "reply": {"tool_calls": [call("submit_plan", components=[
+                 {"title": "all", "description": "everything"}])]}},
+             {"role": "planner", "reply": {"tool_calls": [call("create_subtasks", tasks=[
+                 {"key": "a", "title": "Do it", **task}, {"key": "b", "title": "Then this", **task}])]}},
              {"role": "worker", "reply": {"content": "thinking " * 400, "tokens_in": 5000, "tokens_out": 5000}},
              APPROVE]
     register_script("budget", rules)
-    cfg = ao.Config(models=Models(worker_model="scripted/budget", budget_tokens=12_000), flush_interval=0.01)
+    cfg = ao.Config(models=Models(worker_model="scripted/budget", budget_tokens=12_000),
+                    flush_interval=0.01, max_concurrent_workers=1)
     run = ao.Orchestrator(repo, config=cfg, agents=LLMTeam(checks=[])).start("x")
     assert await run.wait(60) == RunStatus.PAUSED
     (it,) = run.interrupts()
     assert it.kind == "budget" and "budget is spent" in it.reason and it.task_id == "t2"
+    # Paused although t3 is ready and a worker slot is free: the spent budget holds new work.
+    assert run.task("t3").status == TaskStatus.READY and run.task("t3").attempts == 0
     calls_before = len(run.store.rows("select * from llm_calls where run_id = ?", [run.id]))
-    await asyncio.sleep(0.3)
+    # Once the engine has stopped, everything it did after the pause is on record.
+    run.cancel()
+    assert await run.wait(60) == RunStatus.CANCELLED
     assert len(run.store.rows("select * from llm_calls where run_id = ?", [run.id])) == calls_before
     assert run.task("t2").attempts == 1  # no retry spent more
+    assert run.task("t3").attempts == 0
 
 
 async def test_the_next_attempt_continues_a_crashed_one_from_its_checkpoint(repo, tmp_path):
@@ -183,7 +194,7 @@ async def test_the_next_attempt_continues_a_crashed_one_from_its_checkpoint(repo
             self.attempt, self.history, self.guidance, self.logged = attempt, history, None, []
 
         async def worktree(self, create=True):
-            wt = ws.adopt_worktree("r1", "t1", 1) or ws.create_worktree("r1", "t1", 1)
+            wt = ws.adopt_worktree("r1", "t1", 1, ws.tip()) or ws.create_worktree("r1", "t1", 1)
             return wt.path
 
         def log(self, role, content, **meta):
@@ -194,7 +205,8 @@ async def test_the_next_attempt_continues_a_crashed_one_from_its_checkpoint(repo
 
     with pytest.raises(ao.AgentorchError):
         await worker.run(task, Ctx(1, []))
-    cut = Attempt("r1", "t1", 1, utcnow(), outcome=Outcome.INTERRUPTED, failure_reason=ENGINE_DIED)
+    cut = Attempt("r1", "t1", 1, utcnow(), outcome=Outcome.INTERRUPTED, failure_reason=ENGINE_DIED,
+                  interruption=Interruption.ENGINE_DIED)
     second = Ctx(2, [cut])
     result = await worker.run(task, second)
     assert result.ok and result.summary == "continued"
@@ -296,7 +308,7 @@ STREAMING = [
 
 async def test_a_watched_run_streams_each_reply_before_recording_it(repo):
     run = orch_for(repo, "streaming", STREAMING).start("write a.txt")
-    engine, seen, loops = run._engine, [], set()
+    engine, seen, loops = run.engine, [], set()
 
     def observe(item: dict) -> None:
         seen.append(item)

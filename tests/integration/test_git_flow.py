@@ -17,22 +17,67 @@ def git(cwd: Path, *args: str) -> str:
 
 
 class FileWriter:
-    """Writes ``files[task.title]`` (name -> text) into the attempt's worktree."""
+    """Writes ``files[task.title]`` (name -> text) into the attempt's worktree. The first
+    attempts of the tasks titled in ``together`` each wait until all of them have their
+    worktree, so they surely start from the same tip."""
 
-    def __init__(self, files, delay=0.0):
-        self.files, self.delay, self.seen = files, delay, {}
+    def __init__(self, files, together=()):
+        self.files, self.seen = files, {}
+        self.together, self.arrived, self.all_there = set(together), set(), asyncio.Event()
 
     async def run(self, task, ctx):
         root = await ctx.worktree()
         self.seen[(task.id, ctx.attempt)] = sorted(p.name for p in root.iterdir() if p.name != ".git")
-        await asyncio.sleep(self.delay)
+        if task.title in self.together and ctx.attempt == 1:
+            self.arrived.add(task.title)
+            if self.arrived == self.together:
+                self.all_there.set()
+            await self.all_there.wait()
         for name, text in self.files[task.title].items():
             (root / name).write_text(text(ctx) if callable(text) else text)
         return ao.WorkResult(f"wrote {', '.join(self.files[task.title])}")
 
 
+class SecondAfterFirst(TestStrategist):
+    """Approves; judges the first attempt of "second" only once "first" is merged, so that
+    "second", begun from the same tip, collides with it."""
+
+    first_merged: asyncio.Event
+
+    async def review(self, task, result, ctx):
+        if task.title == "second" and ctx.attempt == 1:
+            await self.first_merged.wait()
+        return await super().review(task, result, ctx)
+
+
+def merged(run, task_id: str) -> asyncio.Event:
+    """Set once the engine reports ``task_id``'s work merged into the target branch."""
+    done = asyncio.Event()
+
+    def observe(item):
+        if item["channel"] == "event" and item["kind"] == "merge" and item["task_id"] == task_id:
+            done.set()
+
+    run.engine.observers.append(observe)  # before the loop's first turn: nothing missed
+    return done
+
+
+def reached(run, task_id: str, status: TaskStatus) -> asyncio.Event:
+    """Set once ``task_id`` moves to ``status``."""
+    done = asyncio.Event()
+
+    def observe(item):
+        if (item["channel"] == "event" and item["kind"] == "task_status"
+                and item["task_id"] == task_id and item["payload"]["to"] == status):
+            done.set()
+
+    run.engine.observers.append(observe)
+    return done
+
+
 async def test_parallel_tasks_merge_their_files_into_main(orch_factory, repo):
-    worker = FileWriter({"a": {"a.txt": "A\n"}, "b": {"b.txt": "B\n"}, "c": {"c.txt": "C\n"}}, delay=0.1)
+    worker = FileWriter({"a": {"a.txt": "A\n"}, "b": {"b.txt": "B\n"}, "c": {"c.txt": "C\n"}},
+                        together={"a", "b"})
     seen_diff = {}
 
     class DiffReviewer(TestStrategist):
@@ -68,7 +113,7 @@ async def test_parallel_tasks_merge_their_files_into_main(orch_factory, repo):
     assert git(repo, "status", "--porcelain") == ""
 
 
-async def test_a_conflict_goes_to_a_merge_task_that_resolves_it_in_the_same_worktree(orch_factory, repo):
+async def test_a_conflict_goes_to_a_merge_task_that_resolves_it_on_the_approved_commit(orch_factory, repo):
     (repo / "shared.txt").write_text("base\n")
     git(repo, "add", "shared.txt")
     git(repo, "-c", "user.name=t", "-c", "user.email=t@x", "commit", "-q", "-m", "shared")
@@ -78,7 +123,7 @@ async def test_a_conflict_goes_to_a_merge_task_that_resolves_it_in_the_same_work
         return "first\nsecond\n"  # both sides' intent, no markers
 
     worker = FileWriter({"first": {"shared.txt": "first\n"}, "second": {"shared.txt": "second\n"},
-                         "Merge: second": {"shared.txt": resolve}}, delay=0.1)
+                         "Merge: second": {"shared.txt": resolve}}, together={"first", "second"})
 
     class Looking(FileWriter):
         async def run(self, task, ctx):
@@ -86,22 +131,23 @@ async def test_a_conflict_goes_to_a_merge_task_that_resolves_it_in_the_same_work
                 root = await ctx.worktree()
                 seen["markers"] = "<<<<<<<" in (root / "shared.txt").read_text()
                 seen["root"] = root
+                seen["source"] = task.merge_source
             return await worker.run(task, ctx)
 
-    class SlowSecondQA(TestStrategist):
-        async def review(self, task, result, ctx):
-            if task.title == "second":
-                await asyncio.sleep(0.3)  # lets "first" land meanwhile
-            return await super().review(task, result, ctx)
-
+    qa = SecondAfterFirst()
     run = orch_factory([TaskSpec("first"), TaskSpec("second", key="s"), TaskSpec("after", depends_on=["s"])],
-                       worker=Looking({"after": {"after.txt": "x\n"}}), strategist=SlowSecondQA()).start("conflict")
+                       worker=Looking({"after": {"after.txt": "x\n"}}), strategist=qa).start("conflict")
+    qa.first_merged = merged(run, "t1")
     worker.files["after"] = {"after.txt": "x\n"}
     assert await run.wait(20) == RunStatus.COMPLETED, run.summary()
     merge = run.task("t4")
     assert (merge.profile, merge.created_by, merge.title) == ("merge", "merge:t2", "Merge: second")
-    assert seen["markers"] and seen["root"] == repo / ".worktrees" / run.id / "t2-a1"
+    # The merge task's own worktree: t2's approved commit with the target's tip merged in.
+    assert seen["markers"] and seen["root"] == repo / ".worktrees" / run.id / "t4-a1"
     second = run.task("t2")
+    (approved,) = run.store.rows("select commit_sha from attempts where run_id = ? and "
+                                 "task_id = 't2'", [run.id])
+    assert seen["source"] == approved["commit_sha"]
     assert second.attempts == 1 and second.status_reason == "integrated by merge task t4"
     assert (repo / "shared.txt").read_text() == "first\nsecond\n"
     assert git(repo, "status", "--porcelain") == ""
@@ -140,8 +186,7 @@ async def test_failed_worktrees_stay_until_the_run_ends(orch_factory, repo, keep
 
     run = orch_factory([TaskSpec("x"), TaskSpec("y")], worker=Both(),
                        keep_failed_worktrees=keep).start("keep")
-    while run.task("t1").status != TaskStatus.COMPLETE if run.tasks else True:
-        await asyncio.sleep(0.02)
+    await asyncio.wait_for(reached(run, "t1", TaskStatus.COMPLETE).wait(), 20)
     failed = repo / ".worktrees" / run.id / "t1-a1"
     assert failed.exists() and (failed / "x.txt").exists()  # kept for inspection
     gate.set()
@@ -165,7 +210,7 @@ async def test_abandoning_a_merge_task_sends_the_work_back_to_phoenix(orch_facto
     git(repo, "-c", "user.name=t", "-c", "user.email=t@x", "commit", "-q", "-m", "shared")
     worker = FileWriter({"first": {"shared.txt": "first\n"},
                          "second": {"shared.txt": lambda ctx: f"second, attempt {ctx.attempt}\n"}},
-                        delay=0.1)
+                        together={"first", "second"})
 
     class NoMerging(FileWriter):
         async def run(self, task, ctx):
@@ -173,14 +218,10 @@ async def test_abandoning_a_merge_task_sends_the_work_back_to_phoenix(orch_facto
                 return ao.WorkResult("cannot", ok=False, error="no idea how to merge this")
             return await worker.run(task, ctx)
 
-    class SlowSecondQA(TestStrategist):
-        async def review(self, task, result, ctx):
-            if task.title == "second" and ctx.attempt == 1:
-                await asyncio.sleep(0.3)
-            return await super().review(task, result, ctx)
-
+    qa = SecondAfterFirst()
     run = orch_factory([TaskSpec("first"), TaskSpec("second", max_retries=1)], worker=NoMerging({}),
-                       strategist=SlowSecondQA()).start("x")
+                       strategist=qa).start("x")
+    qa.first_merged = merged(run, "t1")
     assert await run.wait(20) == RunStatus.PAUSED
     assert run.task("t3").status == TaskStatus.WAITING_HUMAN and run.task("t2").status == TaskStatus.AWAITING_QA
     run.resolve("t3", "abandon")

@@ -3,7 +3,6 @@
 import subprocess
 import sys
 import textwrap
-import time
 
 import duckdb
 import pytest
@@ -57,30 +56,46 @@ def test_writes_wait_for_a_flush_and_upserts_keep_the_last_row(tmp_path):
 
 
 def test_the_file_is_free_between_batches(tmp_path):
-    """Another process can open the file once the store has nothing to do."""
+    """Another process can open the file once the store has nothing to do, while the store
+    itself stays open."""
     store = Store.open(tmp_path / "c.duckdb")
     store.append("insights", {"run_id": "r", "content": "x"})
     store.flush_sync()
-    time.sleep(0.1)
+    # The store lets go a moment after its last batch: the reader tries until a deadline
+    # far beyond that moment (a plain DuckDB client does not ask the store to let go).
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
-        import duckdb
-        con = duckdb.connect({str(tmp_path / 'c.duckdb')!r}, read_only=True)
+        import time, duckdb
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                con = duckdb.connect({str(tmp_path / 'c.duckdb')!r}, read_only=True)
+                break
+            except duckdb.IOException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
         print(con.execute("select content from insights").fetchone()[0])""")],
         capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "x", out.stderr
+    store.append("insights", {"run_id": "r", "content": "y"})  # and takes it back for writes
+    store.flush_sync()
+    assert [r["content"] for r in store.rows("select content from insights order by content")] == ["x", "y"]
 
 
 def test_a_file_held_by_another_process_waits_then_says_who_holds_it(tmp_path):
     path = tmp_path / "d.duckdb"
+    # The holder lets go only once a waiting store has asked for the file (it touches
+    # <file>.waiting): the read below surely had to wait, and succeeds once the holder is gone.
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import duckdb, sys, time
+        import duckdb, os, time
         con = duckdb.connect({str(path)!r})
         print("holding", flush=True)
-        time.sleep(float(sys.argv[1]))"""), "1.0"], stdout=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not os.path.exists({str(path) + '.waiting'!r}) and time.monotonic() < deadline:
+            time.sleep(0.01)""")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "holding"
-        # Held for 1 s, we wait up to 10 s: the read succeeds once the holder lets go.
-        patient = Store.open(path, lock_timeout=10)
+        patient = Store.open(path, lock_timeout=30)
         assert patient.rows("select 42 as x") == [{"x": 42}]
         patient.close()
     finally:
