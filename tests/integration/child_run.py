@@ -2,12 +2,17 @@
 
     python child_run.py SCENARIO REPO JOURNAL
 
-prints the run id on its first line, then drives the run to the end.
+prints the run id on its first line, then drives the run to the end. In this process the
+workers have gates (``scenario(..., gated=True)``) that stop the run at the point a test
+wants to catch it; the test resumes with the plain workers.
 """
 
+import asyncio
 import sys
+from pathlib import Path
 
 BUSY = 120  # tasks that keep the engine writing for about six seconds
+HELD_AFTER = 8  # "crash": worker calls that finish; every later one holds until the kill
 
 import agentorch_nb as ao
 from agentorch_nb.testing import Agents, TestDirector, TestStrategist, TestWorker, random_dag
@@ -19,7 +24,7 @@ def needs_human(task, ctx):
     return None
 
 
-def scenario(name: str, journal: str) -> tuple[list[ao.TaskSpec], TestWorker, ao.Config]:
+def scenario(name: str, journal: str, gated: bool = False) -> tuple[list[ao.TaskSpec], object, ao.Config]:
     if name == "hitl":
         specs = [ao.TaskSpec("needs a human", max_retries=0)] + [
             ao.TaskSpec(f"busy {i}") for i in range(BUSY)]
@@ -27,22 +32,54 @@ def scenario(name: str, journal: str) -> tuple[list[ao.TaskSpec], TestWorker, ao
         return specs, worker, ao.Config(max_concurrent_workers=2, flush_interval=0.02)
     if name == "crash":
         worker = TestWorker(latency=0.15, journal=journal)
+        if gated:
+            worker = HoldAfter(worker, HELD_AFTER, held_marker(journal))
         return random_dag(30, seed=11, max_deps=2), worker, ao.Config(max_concurrent_workers=3)
     if name == "merge-crash":
-        return ([ao.TaskSpec("first"), ao.TaskSpec("second")], FileWorker(journal),
+        return ([ao.TaskSpec("first"), ao.TaskSpec("second")], FileWorker(journal, meet=gated),
                 ao.Config(max_concurrent_workers=2))
     raise SystemExit(f"unknown scenario {name}")
 
 
+def held_marker(journal: str) -> Path:
+    """The file a held worker call writes its task id to."""
+    return Path(f"{journal}.held")
+
+
+class HoldAfter:
+    """The first ``n`` calls go to ``worker``; every later call writes its task id to
+    ``marker`` and never returns, so the run stands still with attempts in flight until
+    the test kills the process."""
+
+    def __init__(self, worker, n: int, marker: Path):
+        self.worker, self.n, self.marker, self.calls = worker, n, marker, 0
+
+    async def run(self, task, ctx):
+        self.calls += 1
+        if self.calls <= self.n:
+            return await self.worker.run(task, ctx)
+        with self.marker.open("a") as f:
+            f.write(f"{task.id}\n")
+        await asyncio.Event().wait()
+
+
 class FileWorker:
     """Writes <title>.txt into its worktree; the two tasks diverge, so the second merge is
-    a real merge commit (and runs git's pre-merge-commit hook)."""
+    a real merge commit (and runs git's pre-merge-commit hook). With ``meet``, the first
+    attempts wait for each other's worktree, so both surely start from the same tip."""
 
-    def __init__(self, journal):
+    def __init__(self, journal, meet: bool = False):
         self.journal = journal
+        self.waiting = 2 if meet else 0
+        self.met = asyncio.Event()
 
     async def run(self, task, ctx):
         root = await ctx.worktree()
+        if self.waiting and ctx.attempt == 1:
+            self.waiting -= 1
+            if not self.waiting:
+                self.met.set()
+            await self.met.wait()
         (root / f"{task.title}.txt").write_text(f"{task.title}\n")
         with open(self.journal, "a") as f:
             f.write(f"{task.id} {ctx.attempt}\n")
@@ -51,7 +88,7 @@ class FileWorker:
 
 def main() -> None:
     name, repo, journal = sys.argv[1:4]
-    specs, worker, config = scenario(name, journal)
+    specs, worker, config = scenario(name, journal, gated=True)
     orch = ao.Orchestrator(repo, config=config,
                            agents=Agents(TestDirector(specs), worker, TestStrategist()))
     run = orch.start(f"{name} scenario")

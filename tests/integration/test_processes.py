@@ -18,17 +18,25 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def spawn(scenario: str, repo: Path, journal: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
-        [sys.executable, str(Path(child_run.__file__)), scenario, str(repo), str(journal)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
+def spawn(scenario: str, repo: Path, journal: Path, **popen) -> tuple[subprocess.Popen, str]:
+    """Start child_run.py; its stderr goes to ``<journal>.stderr`` (a pipe nobody reads
+    could fill up and stall the child)."""
+    with open(f"{journal}.stderr", "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(Path(child_run.__file__)), scenario, str(repo), str(journal)],
+            stdout=subprocess.PIPE, stderr=err, text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)}, **popen)
     run_id = proc.stdout.readline().strip()
-    assert run_id.startswith("run-"), proc.stderr.read()
+    assert run_id.startswith("run-"), stderr_of(journal)
     return proc, run_id
 
 
+def stderr_of(journal: Path) -> str:
+    return Path(f"{journal}.stderr").read_text()
+
+
 def until(predicate, timeout: float, what: str):
+    """Poll what another process makes true (a file, the store), up to a deadline."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -58,16 +66,14 @@ def test_second_process_reads_a_live_run_and_resolves_it(repo, tmp_path):
             reads += 1
         assert run.task("t1").status == ao.TaskStatus.WAITING_HUMAN
 
-        started = time.monotonic()
+        # "applied": the other process's engine took the resolution before resolve() returned.
         assert run.resolve("t1", "retry", guidance="take the simpler design") == "applied"
-        picked_up = time.monotonic() - started
-        assert picked_up < 2.0, f"the engine took {picked_up:.2f} s to apply the resolution"
         assert run.task("t1").status != ao.TaskStatus.WAITING_HUMAN
 
         with pytest.raises(ao.ResolutionError, match="only waiting_human"):
             run.resolve("t2", "retry")
 
-        assert proc.wait(60) == 0, proc.stderr.read()
+        assert proc.wait(60) == 0, stderr_of(tmp_path / "journal")
         assert proc.stdout.read().strip() == "completed"
         t1 = run.task("t1")
         assert t1.status == ao.TaskStatus.COMPLETE and t1.attempts == 2
@@ -88,12 +94,16 @@ def test_a_killed_run_resumes_in_a_new_process_without_losing_or_redoing_work(re
         "select task_id from tasks where run_id = ? and status = 'complete'", [run_id])}
     active = lambda: {r["task_id"] for r in orch.store.rows(  # noqa: E731
         "select task_id from tasks where run_id = ? and status in ('active', 'awaiting_qa')", [run_id])}
-    until(lambda: len(complete()) >= 8 and active(), 60, "eight tasks done and more under way")
+    # The child's worker holds every call after the first HELD_AFTER: once those are complete
+    # in the store and the held ones active, the run stands still mid-way, and is killed so.
+    held = child_run.held_marker(str(journal))
+    until(lambda: held.exists() and len(complete()) == child_run.HELD_AFTER and active(), 60,
+          f"{child_run.HELD_AFTER} tasks done and more under way")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
 
     done_before, active_before = complete(), active()
-    assert 8 <= len(done_before) < 30 and active_before
+    assert len(done_before) == child_run.HELD_AFTER and active_before
 
     specs, worker, config = child_run.scenario("crash", str(journal))
     run = orch.resume(run_id, agents=Agents(TestDirector(specs), worker, TestStrategist()))
@@ -136,11 +146,7 @@ def test_a_process_killed_mid_merge_leaves_main_intact_and_the_merge_is_redone(r
     hook.chmod(0o755)
     tip = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
                          text=True).stdout.strip()
-    proc = subprocess.Popen(
-        [sys.executable, str(Path(child_run.__file__)), "merge-crash", str(repo), str(tmp_path / "j")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
-    run_id = proc.stdout.readline().strip()
+    proc, run_id = spawn("merge-crash", repo, tmp_path / "j", start_new_session=True)
     until(marker.exists, 60, "the second merge to be under way")
     os.killpg(proc.pid, signal.SIGKILL)  # the engine and its git merge, mid-merge
     proc.wait()
@@ -154,7 +160,7 @@ def test_a_process_killed_mid_merge_leaves_main_intact_and_the_merge_is_redone(r
     specs, worker, _ = child_run.scenario("merge-crash", str(tmp_path / "j"))
     run = orch.resume(run_id, agents=Agents(TestDirector(specs), worker, TestStrategist()))
     reconciled = run.events().query("kind == 'reconciled'").payload.tolist()
-    assert any("aborted a merge left half-done" in p for p in reconciled), reconciled
+    assert any("undid a merge cut off" in p for p in reconciled), reconciled
     assert run.wait_sync(60) == RunStatus.COMPLETED
     git = lambda *a: subprocess.run(["git", "-C", str(repo), *a], capture_output=True,  # noqa: E731
                                     text=True).stdout.strip()
@@ -162,5 +168,7 @@ def test_a_process_killed_mid_merge_leaves_main_intact_and_the_merge_is_redone(r
     assert (repo / "first.txt").exists() and (repo / "second.txt").exists()
     assert git("merge-base", "--is-ancestor", tip, "HEAD") == "" and tip != git("rev-parse", "HEAD")
     merges = orch.store.rows("select task_id, status from merges where run_id = ? order by ts", [run_id])
-    assert sorted(m["task_id"] for m in merges if m["status"] != "conflict") == ["t1", "t2"]
+    # The intent of the merge cut off is settled from git as interrupted; the retry merged.
+    assert sorted(m["task_id"] for m in merges if m["status"] in ("fast_forward", "merged")) == ["t1", "t2"]
+    assert all(m["status"] in ("fast_forward", "merged", "interrupted") for m in merges), merges
     assert git("branch", "--list", "agentorch/*") == ""
