@@ -201,7 +201,8 @@ class RunFeed:
         if e is None:
             return self._stored["summary"]
         return {"run_id": e.run_id, "status": e.status.value, "objective": e.objective,
-                "tasks": len(e.tasks), "counts": e.counts(), "error": e.error}
+                "tasks": len(e.tasks), "counts": e.counts(), "error": e.error,
+                "store_busy": e.store_busy.describe() if e.store_busy else None}
 
     def created_at(self):
         return self._engine.created_at if self._engine is not None else self._stored["row"]["created_at"]

@@ -79,6 +79,8 @@ class RunHeader(ipw.VBox):
         done = sum(s["counts"].get(k, 0) for k in ("complete", "abandoned"))
         self.title.value = f"<b>Run {s['run_id']}</b>: {html.escape(s['objective'])}"
         error = f" · error: {s['error']}" if s.get("error") else ""
+        if s.get("store_busy"):  # the run waits for another process to let go of its store
+            error += f" · store held by {s['store_busy']}: no new attempt starts"
         self.status.value = (f"{s['status']} · {done}/{total} done · {counts_line(s['counts'])}"
                              f" · {_elapsed(self.feed.created_at(), self.feed.finished_at())}{error}")
         self.progress.max, self.progress.value = max(total, 1), done

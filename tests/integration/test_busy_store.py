@@ -10,6 +10,7 @@ import pytest
 
 from agentorch_nb import RunStatus, TaskSpec
 from agentorch_nb.testing import TestWorker
+from agentorch_nb.widgets import dashboard_for
 
 pytestmark = pytest.mark.slow
 LOCK_TIMEOUT = 1.0
@@ -25,6 +26,7 @@ async def test_a_held_store_pauses_the_run_and_drops_nothing(orch_factory, tmp_p
                         worker=TestWorker(latency=0.3, journal=journal), store=store,
                         max_concurrent_workers=2, lock_timeout=LOCK_TIMEOUT)
     run = orch.start("busy store")
+    board = dashboard_for(run)  # what a person watching the notebook sees
     engine = run.engine
     busy, free = asyncio.Event(), asyncio.Event()
     seen = {}
@@ -60,6 +62,11 @@ async def test_a_held_store_pauses_the_run_and_drops_nothing(orch_factory, tmp_p
         await asyncio.wait_for(busy.wait(), 30)
         assert f"process {holder.pid}" in seen["summary"]["store_busy"]
         assert seen["summary"]["status"] == "running"
+        for _ in range(200):  # the header shows it at its next batch (every 100 ms)
+            if f"store held by process {holder.pid}" in board.header.status.value:
+                break
+            await asyncio.sleep(0.02)
+        assert f"store held by process {holder.pid}" in board.header.status.value
         assert await run.wait(120, stop_on_pause=False) == RunStatus.COMPLETED, run.summary()
         assert free.is_set()
         assert "started while busy" not in seen  # no new attempt while the store was held
