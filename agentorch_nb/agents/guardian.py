@@ -44,9 +44,9 @@ class Guardian:
                 criteria="\n".join(f"- {c}" for c in task.acceptance_criteria) or "- (none)",
                 steps=steps)}],
             task_id=task.id, attempt=ctx.attempt, profile=task.profile, title=task.title)
-        engine = getattr(ctx, "_engine", None)
-        if engine is not None:
-            engine.store.append("guardian_verdicts", {
+        store = getattr(ctx, "store", None)
+        if store is not None:
+            store.append("guardian_verdicts", {
                 "run_id": ctx.run_id, "task_id": task.id, "attempt": ctx.attempt, "ts": utcnow(),
                 "tool_calls": tool_calls, "on_track": on_track, "nudge": nudge or None})
         return None if on_track else nudge

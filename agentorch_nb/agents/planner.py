@@ -71,8 +71,7 @@ class LLMPlanner:
 
     async def run(self, task, ctx) -> WorkResult:
         history = ctx.phoenix_brief()
-        engine = getattr(ctx, "_engine", None)
-        existing = set(engine.tasks) if engine is not None else set()
+        existing = ctx.task_ids() if hasattr(ctx, "task_ids") else set()
         messages = [{"role": "user", "content": prompt(
             "planner", profiles=", ".join(WORKER_PROFILES), objective=ctx.objective,
             title=task.title, description=task.description,

@@ -86,8 +86,7 @@ def live_chunks(ctx, role: str = "assistant") -> Callable[[str], None] | None:
     arrives, as chunks of the ``role`` message that ``ctx.log`` records once it is complete.
     None (the call is not streamed) when nobody watches the run, or when the call is not
     for a task (the Director's: a live log view shows tasks)."""
-    engine = getattr(ctx, "_engine", None)
-    if engine is None or not engine.observers or getattr(ctx, "task_id", None) is None:
+    if not getattr(ctx, "watched", False) or getattr(ctx, "task_id", None) is None:
         return None
     return lambda text: ctx.stream(role, text)
 

@@ -18,6 +18,7 @@ from ..model import Attempt, Task, TaskSpec, Verdict, WorkResult
 from .phoenix import phoenix_brief
 
 if TYPE_CHECKING:
+    from ..store import Store
     from .dispatch import Engine
 
 
@@ -33,6 +34,20 @@ class Context:
     history: list[Attempt] = field(default_factory=list)  # earlier attempts, oldest first
     guidance: str | None = None  # a human's words for this attempt
     _engine: Engine | None = field(default=None, repr=False)
+
+    @property
+    def store(self) -> Store | None:
+        """The run's store (None for a context made outside an engine)."""
+        return self._engine.store if self._engine is not None else None
+
+    @property
+    def watched(self) -> bool:
+        """Someone watches the run live (a dashboard): replies are worth streaming."""
+        return self._engine is not None and bool(self._engine.observers)
+
+    def task_ids(self) -> set[str]:
+        """The ids of the run's tasks so far."""
+        return set(self._engine.tasks) if self._engine is not None else set()
 
     def log(self, role: str, content: str, **metadata: Any) -> None:
         """Record one message of this agent's conversation (stored in ``messages``)."""

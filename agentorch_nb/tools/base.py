@@ -88,9 +88,8 @@ class ToolEnv:
     def from_context(cls, ctx: Any, root: str | os.PathLike, profile: Profile | str,
                      **overrides: Any) -> ToolEnv:
         """The env of one attempt, from the engine's ``Context`` (ids and the run's store)."""
-        engine = getattr(ctx, "_engine", None)
         return cls(root=Path(root), profile=profile, run_id=ctx.run_id, task_id=ctx.task_id,
-                   attempt=ctx.attempt, store=getattr(engine, "store", None), **overrides)
+                   attempt=ctx.attempt, store=getattr(ctx, "store", None), **overrides)
 
     def allows(self, tool: Tool) -> bool:
         return str(self.profile) in tool.profiles or tool.name in self.granted
