@@ -425,11 +425,8 @@ async def test_toolbox_for_the_worker(env):
 
 
 def test_env_from_context(tmp_path):
-    class Engine:
-        store = "the-store"
-
     class Ctx:
-        run_id, task_id, attempt, _engine = "r9", "t9", 3, Engine()
+        run_id, task_id, attempt, store = "r9", "t9", 3, "the-store"
 
     env = ToolEnv.from_context(Ctx(), tmp_path, Profile.TEST, timeout=5)
     assert (env.run_id, env.task_id, env.attempt, env.store, env.timeout) == ("r9", "t9", 3, "the-store", 5)
