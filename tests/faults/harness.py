@@ -42,6 +42,7 @@ class Kill:
     before_line: bool  # at a moment counted from the spawn, maybe before the run id line
     delay: float
     stray: int = 0  # processes of the group still alive a while after the kill (then killed)
+    caught: tuple[str, ...] = ()  # what the repository shows the kill interrupted
 
     def __str__(self) -> str:
         who = "group" if self.group else "engine alone"
@@ -209,6 +210,7 @@ def drive_run(seed: int, base: Path, *, kills: int | None = None, max_delay: flo
                   f"{f'killed ({kill})' if killed else 'ended ' + (lines[-1] if lines else '')}"
                   f" after {time.monotonic() - spawned:.2f} s")
         printed = lines[0] if lines and lines[0].startswith("run-") else None
+        resumed = printed is not None and argv[0] == "resume"  # its repairs of the repository ran
         if printed:
             checker.printed.add(printed)
             run_id = run_id or printed
@@ -218,13 +220,16 @@ def drive_run(seed: int, base: Path, *, kills: int | None = None, max_delay: flo
             if run_id is None:  # killed before the id: the run may exist all the same
                 known = _stored_runs(checker)
                 run_id = known[0] if len(known) == 1 else None
-            record(checker.check(run_id, final=False), where)
+            record(checker.check(run_id, final=False, resumed=resumed), where)
+            kill.caught = tuple(sorted(checker.evidence))
+            if not printed:
+                kill.caught += ("start-up or resume, before the run id",)
             if run_id is not None and run_id not in _stored_runs(checker):
                 run_id = None  # lost, nothing to resume: a user would start the run again
             continue
         result = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else None
         if result is not None and result["status"] == "completed":
-            record(checker.check(run_id, final=True), "at the end")
+            record(checker.check(run_id, final=True, resumed=resumed), "at the end")
             cleanup = Child(["cleanup", str(repo), str(journal), p.to_json()], here,
                             here / "cleanup.err")
             if cleanup.proc.wait() != 0:
@@ -240,7 +245,7 @@ def drive_run(seed: int, base: Path, *, kills: int | None = None, max_delay: flo
         else:
             record([Violation(1, f"the run ended {result}, not completed:\n"
                                  f"{child.stderr_tail(6)}")], f"process {n}")
-        record(checker.check(run_id, final=False), f"after process {n} ended")
+        record(checker.check(run_id, final=False, resumed=resumed), f"after process {n} ended")
         if failures >= 2:
             break
     report.seconds = time.monotonic() - started
@@ -324,6 +329,9 @@ def summary(fig: Figures, details: int = 5) -> str:
         f"processes: {sum(r.processes for r in fig.reports)}, "
         f"stray git processes killed: {sum(k.stray for k in kills)}",
         f"wall time: {fig.seconds:.0f} s",
+        "what the kills interrupted, as the repository shows it: " + (", ".join(
+            f"{what} {n}" for what, n in Counter(c for k in kills for c in k.caught).most_common())
+            or "nothing visible"),
         "",
         f"{'invariant':<58} {'violations':>10} {'runs':>5}",
     ]

@@ -20,6 +20,7 @@ on main; at the end every bound is exact.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import subprocess
 from dataclasses import dataclass
@@ -108,8 +109,14 @@ class Checker:
         self.started_in: dict[str, set[str]] = {}  # run id -> titles whose worker was called
         self.started: set[str] = set()  # those of the run being checked
         self.new_lines: list[dict] = []
+        self.resumed = False
+        self.residue: set[str] = set()  # what git left when killed mid-command, at the last check
+        self.evidence: set[str] = set()  # what the last check saw a kill interrupt
 
-    def check(self, run_id: str | None, final: bool = False) -> list[Violation]:
+    def check(self, run_id: str | None, final: bool = False,
+              resumed: bool = False) -> list[Violation]:
+        """``resumed``: a process resumed the run since the last check (its repairs ran)."""
+        self.resumed = resumed
         out: list[Violation] = []
         try:
             data = read_store(self.store, run_id)
@@ -232,26 +239,52 @@ class Checker:
         return out
 
     def _clean(self, final: bool) -> list[Violation]:
-        out = []
+        """Right after a kill, what git itself leaves when killed mid-command (a merge the
+        engine's marker says was under way, the bookkeeping of a worktree being added) is
+        residue for the next resume to repair: a violation if it is still there after a resume,
+        or at the end. Anything else is a violation at once."""
+        out, residue = [], {}
         git_dir = self.repo / ".git"
-        cut_off_merge = (git_dir / "agentorch-merging").exists() and not final
+        marker = git_dir / "agentorch-merging"
+        merging = marker.read_text().strip() if marker.exists() and not final else None
+        self.evidence = {what for what, seen in [
+            ("a merge into main (marker)", marker.exists()),
+            ("a git command (lock file left)", any(git_dir.glob("*.lock")) or any(
+                git_dir.glob("worktrees/*/*.lock")) or any(git_dir.glob("refs/**/*.lock"))),
+            ("git worktree add (initializing)", any(
+                "initializing" in p.read_text() for p in git_dir.glob("worktrees/*/locked"))),
+        ] if seen}
         dirty = git(self.repo, "status", "--porcelain", check=False).splitlines()
-        if dirty and not cut_off_merge:
+        if dirty and merging:
+            residue[f"checkout dirty during the merge {merging}"] = f"main's checkout is dirty: {dirty[:5]}"
+        elif dirty:
             out.append(Violation(3, f"main's checkout is dirty: {dirty[:5]}"))
-        if (git_dir / "MERGE_HEAD").exists() and not cut_off_merge:
+        if (git_dir / "MERGE_HEAD").exists() and merging:
+            residue[f"MERGE_HEAD during the merge {merging}"] = "MERGE_HEAD is left in the main checkout"
+        elif (git_dir / "MERGE_HEAD").exists():
             out.append(Violation(3, "MERGE_HEAD is left in the main checkout"))
         fsck = subprocess.run(["git", "-C", str(self.repo), "fsck", "--no-progress", "--no-dangling"],
                               capture_output=True, text=True)
         problems = [line for line in (fsck.stdout + fsck.stderr).splitlines() if line.strip()]
-        if fsck.returncode or problems:
-            out.append(Violation(3, f"git fsck (exit {fsck.returncode}): {problems[:5]}"))
+        half_made = [p for p in problems if p.startswith("error: worktrees/") and not final]
+        for p in half_made:
+            residue[p] = f"git fsck: {p}"
+        others = [p for p in problems if p not in half_made]
+        if others or (fsck.returncode and not half_made):
+            out.append(Violation(3, f"git fsck (exit {fsck.returncode}): {others[:5]}"))
+        if self.resumed:
+            for key in sorted(residue.keys() & self.residue):
+                out.append(Violation(3, f"{residue[key]}: left by a kill, and still there after "
+                                        "the resume that followed"))
+        self.residue = set(residue)
         if final:
-            if (git_dir / "agentorch-merging").exists():
+            if marker.exists():
                 out.append(Violation(3, "a merge marker is left after the run ended"))
             locks = [str(p.relative_to(git_dir)) for p in git_dir.rglob("*.lock")
-                     if p.name != "agentorch-merge.lock"]
+                     if p.name != "agentorch-merge.lock" and not _held_open(p)]
             if locks:
-                out.append(Violation(3, f"git lock files left after the run ended: {locks[:5]}"))
+                out.append(Violation(3, f"git lock files no process holds are left after the "
+                                        f"run ended: {locks[:5]}"))
         return out
 
     # ------------------------------------------------------------------ 4
@@ -334,3 +367,14 @@ class Checker:
         if dirs:
             out.append(Violation(6, f"worktree directories left on disk after cleanup: {dirs[:5]}"))
         return out
+
+
+def _held_open(path: Path) -> bool:
+    """Whether a process has ``path`` open: a running git (an auto-maintenance) holds its lock."""
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            if any(os.readlink(fd) == str(path) for fd in fd_dir.iterdir()):
+                return True
+        except OSError:
+            continue
+    return False

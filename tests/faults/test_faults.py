@@ -13,7 +13,7 @@ from tests.faults.scenario import Params, keep_both, make_repo, make_scenario
 
 @pytest.mark.slow
 def test_twenty_kills_destroy_no_work_and_every_crash_resumes(tmp_path):
-    fig = run_harness(seed=7, kills=20, jobs=2, workdir=tmp_path)
+    fig = run_harness(seed=7, kills=20, jobs=2, workdir=tmp_path, params={"tasks": 24})
     assert len(fig.kills) >= 20
     assert all(r.completed for r in fig.reports), summary(fig)
     assert not fig.violations, summary(fig)
