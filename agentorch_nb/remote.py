@@ -64,12 +64,17 @@ def default_source() -> str:
     return f"process:{os.getpid()}@{socket.gethostname()}"
 
 
-def poke(address: str, run_id: str, timeout: float = 10.0) -> bool:
-    """Wake the engine at ``address`` and wait until it has applied its inbox.
-    False when no engine answers there (the command then waits for a resume)."""
+def poke(address: str, run_id: str, *, connect_timeout: float = 5.0,
+         answer_timeout: float = 120.0) -> bool:
+    """Wake the engine at ``address`` and wait until it has applied its inbox. False when no
+    engine answers there (the command then waits for a resume). An engine that accepted the
+    connection is waited for up to ``answer_timeout``: on a loaded machine it may need its
+    turn at the store first, and "pending" would tell the caller, wrongly, that nothing
+    drives the run."""
     host, _, port = address.rpartition(":")
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        with socket.create_connection((host, int(port)), timeout=connect_timeout) as sock:
+            sock.settimeout(answer_timeout)
             sock.sendall(f"{run_id}\n".encode())
             return sock.makefile().readline() != ""
     except OSError:
@@ -87,4 +92,4 @@ def engine_alive(row: dict[str, Any]) -> bool:
             return False
         except PermissionError:
             pass
-    return poke(row["engine_address"], row["run_id"], timeout=2.0)
+    return poke(row["engine_address"], row["run_id"], connect_timeout=2.0, answer_timeout=30.0)
