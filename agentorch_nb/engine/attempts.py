@@ -75,8 +75,8 @@ class AttemptLifecycle:
                 if sha is not None:
                     merged = await self.integration.merge(task, attempt, sha)
                     if not merged.ok and task.profile != Profile.MERGE:
-                        # Approved work that collides with the target: a merge task resolves
-                        # the conflicts in this attempt's worktree; the task waits for it.
+                        # Approved work that collides with the target: a merge task
+                        # integrates it; the task waits for it.
                         self._hand_to_merge_task(task, attempt, sha, merged.conflicts)
                         return
                     if not merged.ok:
@@ -122,8 +122,11 @@ class AttemptLifecycle:
                         self.mark_dirty(*self.graph.dependents(done))
                 self.wake()
                 if self.integration is not None:
+                    # Work a merge task integrates keeps its branch: the commit must stay
+                    # reachable (and git gc must not take it) until the merge lands.
                     await asyncio.shield(self.integration.release(
-                        task, attempt.number, attempt.outcome == Outcome.APPROVED))
+                        task, attempt.number, attempt.outcome == Outcome.APPROVED,
+                        keep_branch=tid in self._merging))
             finally:
                 self._finishing.discard(tid)
                 self.wake()

@@ -122,14 +122,15 @@ class Integration:
                                  status=row["status"], source_sha=intent["source_sha"],
                                  result_sha=row.get("result_sha"))
 
-    async def release(self, task: Task, attempt: int, approved: bool) -> None:
-        """An attempt ended: an approved one's worktree goes at once, a failed one's stays
-        for inspection until the run ends."""
+    async def release(self, task: Task, attempt: int, approved: bool,
+                      keep_branch: bool = False) -> None:
+        """An attempt ended: an approved one's worktree goes at once (its branch too, unless
+        ``keep_branch``), a failed one's stays for inspection until the run ends."""
         wt = self.active.pop((task.id, attempt), None)
         if wt is None:
             return
         if approved and not self.keep_all:
-            await asyncio.to_thread(self.git.remove_worktree, wt)
+            await asyncio.to_thread(self.git.remove_worktree, wt, not keep_branch)
         else:
             self.failed.add(wt.branch)
 

@@ -31,6 +31,7 @@ class SameLines(FileWorker):
         self.merge_tasks: list[str] = []
         self.first_merge_landed = asyncio.Event()
         self.cut_from: list[tuple[str, int, bool]] = []
+        self.sources_kept: list[bool] = []
 
     async def run(self, task, ctx):
         if task.profile != "merge":
@@ -46,6 +47,11 @@ class SameLines(FileWorker):
         root = await ctx.worktree()
         merged_in = await asyncio.to_thread(git, root, "rev-parse", "MERGE_HEAD")
         self.cut_from.append((task.id, ctx.attempt, merged_in == tip))
+        # The approved work keeps its branch until its merge lands: git gc cannot take it.
+        approved = task.created_by.split(":")[1]
+        branch = await asyncio.to_thread(git, self.repo, "rev-parse",
+                                         f"refs/heads/agentorch/{ctx.run_id}/{approved}/a1")
+        self.sources_kept.append(branch == task.merge_source)
         if self.merge_tasks.index(task.id) == 1 and ctx.attempt == 1:
             await self.first_merge_landed.wait()  # the target moves on under this attempt
         return await super().run(task, ctx)
@@ -76,6 +82,7 @@ async def test_three_tasks_on_the_same_lines_are_integrated_by_merge_tasks(orch_
     assert second.attempts == 2  # its first merge conflicted with the first merge task's work
     # Every merge attempt (the retry too) began with the target's tip of its moment merged in.
     assert [(a, held) for _, a, held in worker.cut_from] == [(1, True), (1, True), (2, True)]
+    assert worker.sources_kept == [True, True, True]
     sources = {r["task_id"]: r["source_sha"] for r in run.store.rows(
         "select task_id, source_sha from merges where run_id = ? and attempt = 1", [run.id])}
     assert {t.merge_source for t in merges} <= set(sources.values())
