@@ -266,7 +266,8 @@ class Checker:
         fsck = subprocess.run(["git", "-C", str(self.repo), "fsck", "--no-progress", "--no-dangling"],
                               capture_output=True, text=True)
         problems = [line for line in (fsck.stdout + fsck.stderr).splitlines() if line.strip()]
-        half_made = [p for p in problems if p.startswith("error: worktrees/") and not final]
+        # git's bookkeeping of a worktree being added (.git/worktrees/<name>/...)
+        half_made = [p for p in problems if "worktrees/" in p and not final]
         for p in half_made:
             residue[p] = f"git fsck: {p}"
         others = [p for p in problems if p not in half_made]
