@@ -27,7 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .invariants import NAMES, Checker, Violation
+from .invariants import NAMES, Checker, Violation, read_store
 from .scenario import Params, make_repo, make_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -253,8 +253,6 @@ def drive_run(seed: int, base: Path, *, kills: int | None = None, max_delay: flo
 
 
 def _stored_runs(checker: Checker) -> list[str]:
-    from .invariants import read_store
-
     try:
         return sorted(read_store(checker.store, None)["runs"])
     except Exception:  # noqa: BLE001 - an unreadable store is reported by the checks
