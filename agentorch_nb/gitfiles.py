@@ -13,8 +13,11 @@ def remove_stale_locks(git_dir: Path, lock_age: float) -> list[str]:
     removed and what was left."""
     report = []
     # packed-refs.new is the half-written file that goes with packed-refs.lock.
+    # objects/maintenance.lock is left by git's auto-maintenance killed with the engine.
     locks = [*git_dir.glob("*.lock"), *git_dir.glob("refs/**/*.lock"),
-             *git_dir.glob("worktrees/*/*.lock"), *git_dir.glob("packed-refs.new")]
+             *git_dir.glob("worktrees/*/*.lock"), *git_dir.glob("packed-refs.new"),
+             *git_dir.glob("objects/*.lock"), *git_dir.glob("objects/pack/*.lock"),
+             *git_dir.glob("objects/info/**/*.lock")]
     for lock in locks:
         if lock.name == "agentorch-merge.lock":
             continue  # our own flock file lives there for good
@@ -24,6 +27,41 @@ def remove_stale_locks(git_dir: Path, lock_age: float) -> list[str]:
         elif state == "held":
             report.append(f"{lock} is {age:.0f} s old and may be held by a running git; left alone")
     return report
+
+
+def broken_worktree_entries(git_dir: Path, ours: Path, grace: float = 1.0) -> list[Path]:
+    """Entries of ``<git-dir>/worktrees/`` that a git killed early in ``git worktree add``
+    left half-written (``commondir``, ``gitdir`` or ``HEAD`` missing or empty): while one is
+    there, ``git worktree list`` and ``git worktree add`` fail for the whole repository. Only
+    entries for worktrees under ``ours`` (or naming none at all) are returned, and only once
+    they have stayed half-written for ``grace`` seconds: an add in progress writes them in
+    milliseconds."""
+    import time
+
+    def broken() -> dict[Path, float]:
+        found = {}
+        for entry in sorted((git_dir / "worktrees").glob("*/")):
+            texts = {}
+            for name in ("commondir", "gitdir", "HEAD"):
+                try:
+                    texts[name] = (entry / name).read_text().strip()
+                except OSError:
+                    texts[name] = ""
+            target = texts["gitdir"]
+            if all(texts.values()) or (target and not Path(target).is_relative_to(ours)):
+                continue
+            try:
+                found[entry] = time.time() - entry.stat().st_mtime
+            except OSError:
+                continue
+        return found
+
+    candidates = broken()
+    youngest = min(candidates.values(), default=grace)
+    if youngest < grace:
+        time.sleep(grace - youngest)
+        candidates = {e: age for e, age in broken().items() if e in candidates}
+    return sorted(candidates)
 
 
 def settle_lock(lock: Path, lock_age: float, grace: float = 1.0,

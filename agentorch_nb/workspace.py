@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .exceptions import WorkspaceError
-from .gitfiles import admin_dir, remove_stale_locks, write_durably
+from .gitfiles import admin_dir, broken_worktree_entries, remove_stale_locks, write_durably
 
 AUTHOR = ["-c", "user.name=agentorch", "-c", "user.email=agentorch@localhost"]
 # What a merge leaves in the git directory until it is concluded or aborted.
@@ -150,7 +150,13 @@ class Workspace:
         wt.path.parent.mkdir(parents=True, exist_ok=True)
         wt.base_sha = self._sha(start) if start else self.tip()
         with self._wt_lock:
-            _git(self.root, "worktree", "add", "-q", "-b", wt.branch, str(wt.path), wt.base_sha)
+            try:
+                _git(self.root, "worktree", "add", "-q", "-b", wt.branch, str(wt.path), wt.base_sha)
+            except Exception:  # noqa: BLE001 - a half-written entry of a killed add blocks every add
+                if not self._drop_broken_entries():
+                    raise
+                _git(self.root, "branch", "-D", wt.branch, check=False)
+                _git(self.root, "worktree", "add", "-q", "-b", wt.branch, str(wt.path), wt.base_sha)
         problem = self.check_worktree(wt)
         if problem:
             self.remove_worktree(wt)
@@ -400,6 +406,8 @@ class Workspace:
         """Remove the worktrees and branches of a run (or of all runs), except the branches
         in ``keep``; prune git's worktree list. Returns the branches removed."""
         removed = set()
+        with self._wt_lock:
+            self._drop_broken_entries()  # git worktree list fails while one is there
         for wt in self.run_worktrees(run_id):
             if wt.branch not in keep:
                 self.remove_worktree(wt)
@@ -429,6 +437,8 @@ class Workspace:
         not touched."""
         with self.merge_lock():
             report = self._repair_target(lock_age)
+        with self._wt_lock:
+            report += self._drop_broken_entries()
         for wt in self.run_worktrees(run_id):
             if wt.branch not in known:
                 self.remove_worktree(wt)
@@ -439,6 +449,16 @@ class Workspace:
                 with self._wt_lock:
                     _git(self.root, "branch", "-D", branch, check=False)
                 report.append(f"removed branch {branch} that no attempt recorded whole")
+        return report
+
+    def _drop_broken_entries(self) -> list[str]:
+        """Remove the half-written worktree entries a killed ``git worktree add`` left (see
+        :func:`gitfiles.broken_worktree_entries`); say which."""
+        report = []
+        for entry in broken_worktree_entries(self.git_dir, self.worktrees_dir):
+            shutil.rmtree(entry, ignore_errors=True)
+            report.append(f"removed {entry}, which a git killed while adding a worktree left "
+                          "half-written")
         return report
 
     def _branches(self, prefix: str) -> list[str]:

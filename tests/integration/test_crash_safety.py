@@ -254,3 +254,51 @@ def test_a_kill_right_after_start_returns_leaves_a_resumable_run(repo, tmp_path)
     orch, run = resume_to_end(repo, run_id, "files", journal)
     check_repository(repo, expected | {"first.txt", "second.txt", "third.txt"})
     check_records(orch, run_id, journal)
+
+
+def half_written_entry(repo: Path, name: str = "t1-a1") -> Path:
+    """What a git killed early in `git worktree add` leaves: an entry whose commondir is
+    empty, locked as 'initializing', pointing at a worktree that has only its .git file."""
+    wt = repo / ".worktrees" / "run-x" / name
+    wt.mkdir(parents=True)
+    entry = repo / ".git" / "worktrees" / name
+    entry.mkdir(parents=True)
+    (entry / "locked").write_text("initializing\n")
+    (entry / "gitdir").write_text(f"{wt / '.git'}\n")
+    (entry / "commondir").write_text("")
+    (wt / ".git").write_text(f"gitdir: {entry}\n")
+    old = time.time() - 5
+    os.utime(entry, (old, old))
+    return entry
+
+
+def test_a_half_written_worktree_entry_no_longer_blocks_git(repo):
+    """While such an entry is there, `git worktree list` and `git worktree add` fail for the
+    whole repository: resume, cleanup and a new worktree each remove it first."""
+    expected = seed(repo, 10)
+    ws = ao.Workspace(repo)
+    entry = half_written_entry(repo)
+    assert subprocess.run([REAL_GIT, "-C", str(repo), "worktree", "list"],
+                          capture_output=True).returncode != 0
+    report = ws.reconcile("run-x", set())
+    assert any("half-written" in r for r in report), report
+    assert not entry.exists() and not (repo / ".worktrees" / "run-x" / "t1-a1").exists()
+    check_repository(repo, expected)
+
+    half_written_entry(repo, "t2-a1")  # a new run on the workspace, nobody resumed
+    wt = ws.create_worktree("run-y", "t1", 1)
+    assert (wt.path / "src" / "f1.txt").exists()
+    ws.remove_worktree(wt)
+    half_written_entry(repo, "t3-a1")
+    ws.cleanup()
+    check_repository(repo, expected)
+
+
+def test_a_stale_maintenance_lock_is_removed(repo):
+    seed(repo, 3)
+    lock = repo / ".git" / "objects" / "maintenance.lock"
+    lock.write_text("")
+    old = time.time() - 5
+    os.utime(lock, (old, old))
+    report = ao.Workspace(repo).reconcile("r1", set())
+    assert not lock.exists() and any("maintenance.lock" in r for r in report)
