@@ -40,8 +40,10 @@ def on_loop(loop: asyncio.AbstractEventLoop) -> bool:
 
 
 def call_on(loop: asyncio.AbstractEventLoop, fn: Callable[..., T], *args, **kwargs) -> T:
-    """Call ``fn`` on ``loop``'s thread and return its result (directly when already there)."""
-    if on_loop(loop):
+    """Call ``fn`` on ``loop``'s thread and return its result (directly when already there,
+    or when the loop is not running: then nothing else touches what it owns, and waiting for
+    it would wait for ever)."""
+    if on_loop(loop) or not loop.is_running():
         return fn(*args, **kwargs)
 
     async def _call() -> T:

@@ -81,8 +81,10 @@ def poke(address: str, run_id: str, *, connect_timeout: float = 5.0,
         return False
 
 
-def engine_alive(row: dict[str, Any]) -> bool:
-    """Is the process recorded as driving a run still there and answering?"""
+def engine_alive(row: dict[str, Any], answer_timeout: float = 30.0) -> bool:
+    """Is the process recorded as driving a run still there? Only a process that is gone, or
+    a port where nothing (or something else) answers, counts as dead: an engine too busy to
+    answer in time is alive, and resuming beside it would put two engines on one run."""
     if not row["engine_address"]:
         return False
     if row["engine_host"] == socket.gethostname():
@@ -92,4 +94,13 @@ def engine_alive(row: dict[str, Any]) -> bool:
             return False
         except PermissionError:
             pass
-    return poke(row["engine_address"], row["run_id"], connect_timeout=2.0, answer_timeout=30.0)
+    host, _, port = row["engine_address"].rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5.0) as sock:
+            sock.settimeout(answer_timeout)
+            sock.sendall(f"{row['run_id']}\n".encode())
+            return sock.makefile().readline() != ""  # "" : the port's process is not its engine
+    except TimeoutError:
+        return True  # it took the connection and has not answered yet: busy, not dead
+    except OSError:
+        return False

@@ -35,19 +35,39 @@ def lock_error(exc: BaseException) -> bool:
 
 
 def check_file(path: str) -> None:
-    """Refuse, before anything is written, a file that is not a DuckDB database."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(12)
-    except FileNotFoundError:
+    """Refuse, before anything is written, a file that is not a DuckDB database.
+
+    Reading the header means opening the file, and closing any descriptor of a file drops
+    every POSIX lock this process holds on it, DuckDB's own included: another process could
+    then open the database beside us. So the header is read only when no descriptor of
+    this process has the file open (then no lock can be held); otherwise DuckDB has it
+    open, and it is a database."""
+    if not os.path.exists(path):
         return
-    except IsADirectoryError:
+    if os.path.isdir(path):
         raise StoreError(f"store {path} is a directory: name a file, e.g. "
-                         f"{os.path.join(path, 'agentorch.duckdb')}") from None
+                         f"{os.path.join(path, 'agentorch.duckdb')}")
+    if open_here(path) is not False:
+        return  # open in this process (or cannot be told): DuckDB will say if it is not one
+    with open(path, "rb") as fh:
+        head = fh.read(12)
     if head[8:12] != b"DUCK":
         raise StoreError(
             f"{path} is not a DuckDB database (an agentorch store is one): point store= at an "
             "agentorch store, or at a path that does not exist yet to make a new one")
+
+
+def open_here(path: str) -> bool | None:
+    """Whether a descriptor of this process has ``path`` open; None where /proc cannot tell."""
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        return None
+    real = os.path.realpath(path)
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) == real:
+                return True
+    return False
 
 
 def touch(path: str) -> None:

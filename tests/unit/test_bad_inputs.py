@@ -106,3 +106,104 @@ def test_the_store_is_private_to_its_owner(repo):
     path = orch.store.path
     assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_opening_a_store_again_never_lets_another_process_in(tmp_path):
+    """Checking the file's header must not drop this process's DuckDB lock (closing any
+    descriptor of a file drops every POSIX lock the process holds on it)."""
+    import threading
+
+    path = str(tmp_path / "held.duckdb")
+    store = Store.open(path)
+    store.rows("select 1")
+    inside, done = threading.Event(), threading.Event()
+
+    def hold(con):  # the store thread keeps its connection while this runs
+        inside.set()
+        done.wait(60)
+
+    held = store.submit(hold)
+    assert inside.wait(30)
+    assert Store.open(path) is store  # what ao.sql(store=path) and Orchestrator(...) do
+    other = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import duckdb
+        try:
+            duckdb.connect({path!r})
+            print("opened beside it")
+        except duckdb.IOException as exc:
+            print("refused" if "lock" in str(exc).lower() else exc)""")],
+        capture_output=True, text=True, timeout=60)
+    done.set()
+    held.result(30)
+    assert other.stdout.strip() == "refused", other.stdout + other.stderr
+    store.close()
+
+
+def test_an_engine_too_busy_to_answer_is_alive(tmp_path):
+    """resume() must not take over a run whose engine is only slow to answer."""
+    import socket
+    import threading
+
+    from agentorch_nb import remote
+
+    alive_pid = subprocess.Popen(["sleep", "60"])
+    try:
+        def row(address):
+            return {"engine_address": address, "engine_host": socket.gethostname(),
+                    "engine_pid": alive_pid.pid, "run_id": "run-1"}
+
+        def server(answer):
+            srv = socket.socket()
+            srv.bind(("127.0.0.1", 0))
+            srv.listen()
+
+            def serve():
+                con, _ = srv.accept()
+                con.recv(100)
+                if answer is not None:
+                    con.sendall(answer)
+                    con.close()
+                else:
+                    stop.wait(60)  # busy: holds the connection, says nothing
+                    con.close()
+
+            threading.Thread(target=serve, daemon=True).start()
+            return srv, "127.0.0.1:%d" % srv.getsockname()[1]
+
+        stop = threading.Event()
+        srv, answering = server(b"0\n")
+        assert remote.engine_alive(row(answering))
+        srv.close()
+        srv, stranger = server(b"")  # something else took the port: not the run's engine
+        assert not remote.engine_alive(row(stranger))
+        srv.close()
+        srv, busy = server(None)
+        assert remote.engine_alive(row(busy), answer_timeout=1.0)  # silent: busy, not dead
+        stop.set()
+        srv.close()
+        assert not remote.engine_alive(row(answering))  # nothing listens there any more
+        dead = dict(row(answering), engine_pid=999_999_999)
+        assert not remote.engine_alive(dead)
+    finally:
+        alive_pid.kill()
+        alive_pid.wait()
+
+
+def test_a_run_on_a_loop_that_stopped_still_answers(repo):
+    """A Run whose engine lives on a loop that is not running (a test's loop after the test,
+    a notebook loop stopped by hand) is read directly instead of waiting for ever."""
+    orch = ao.Orchestrator(repo, agents=ao.Agents(
+        ao.testing.TestDirector([ao.TaskSpec("a")]), TestWorker(latency=30),
+        ao.testing.TestStrategist()))
+
+    async def start():
+        run = orch.start("x")
+        while not run.engine.running:
+            await asyncio.sleep(0.01)
+        return run
+
+    loop = asyncio.new_event_loop()
+    run = loop.run_until_complete(start())
+    assert "running 0/1" in repr(run)
+    assert [t.status for t in run.tasks] == ["active"]
+    loop.close()
