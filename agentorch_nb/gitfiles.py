@@ -12,13 +12,7 @@ def remove_stale_locks(git_dir: Path, lock_age: float) -> list[str]:
     """Remove git's lock files that no process holds (see :func:`settle_lock`); say what was
     removed and what was left."""
     report = []
-    # packed-refs.new is the half-written file that goes with packed-refs.lock.
-    # objects/maintenance.lock is left by git's auto-maintenance killed with the engine.
-    locks = [*git_dir.glob("*.lock"), *git_dir.glob("refs/**/*.lock"),
-             *git_dir.glob("worktrees/*/*.lock"), *git_dir.glob("packed-refs.new"),
-             *git_dir.glob("objects/*.lock"), *git_dir.glob("objects/pack/*.lock"),
-             *git_dir.glob("objects/info/**/*.lock")]
-    for lock in locks:
+    for lock in lock_files(git_dir):
         if lock.name == "agentorch-merge.lock":
             continue  # our own flock file lives there for good
         state, age = settle_lock(lock, lock_age)
@@ -27,6 +21,28 @@ def remove_stale_locks(git_dir: Path, lock_age: float) -> list[str]:
         elif state == "held":
             report.append(f"{lock} is {age:.0f} s old and may be held by a running git; left alone")
     return report
+
+
+# Where git leaves lock files: objects/maintenance.lock is left by git's auto-maintenance
+# killed with the engine; packed-refs.new is the half-written file of packed-refs.lock.
+LOCK_PATTERNS = ("*.lock", "refs/**/*.lock", "worktrees/*/*.lock", "packed-refs.new",
+                 "objects/*.lock", "objects/pack/*.lock", "objects/info/**/*.lock")
+
+
+def lock_files(git_dir: Path) -> list[Path]:
+    """git's lock files in ``git_dir``."""
+    return [p for pattern in LOCK_PATTERNS for p in scan(git_dir, pattern)]
+
+
+def scan(base: Path, pattern: str) -> list[Path]:
+    """``base.glob(pattern)``, sorted, while other threads remove worktrees and branches: a
+    directory that vanishes under the scan is looked at again, never an error."""
+    for _ in range(5):
+        try:
+            return sorted(base.glob(pattern))
+        except FileNotFoundError:
+            continue
+    return []
 
 
 def broken_worktree_entries(git_dir: Path, ours: Path, grace: float = 1.0) -> list[Path]:
@@ -40,7 +56,7 @@ def broken_worktree_entries(git_dir: Path, ours: Path, grace: float = 1.0) -> li
 
     def broken() -> dict[Path, float]:
         found = {}
-        for entry in sorted((git_dir / "worktrees").glob("*/")):
+        for entry in scan(git_dir / "worktrees", "*/"):
             texts = {}
             for name in ("commondir", "gitdir", "HEAD"):
                 try:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .exceptions import WorkspaceError
-from .gitfiles import admin_dir, broken_worktree_entries, remove_stale_locks, write_durably
+from .gitfiles import admin_dir, broken_worktree_entries, remove_stale_locks, scan, write_durably
 
 AUTHOR = ["-c", "user.name=agentorch", "-c", "user.email=agentorch@localhost"]
 # What a merge leaves in the git directory until it is concluded or aborted.
@@ -340,6 +340,28 @@ class Workspace:
         if restore_to and self.tip() != restore_to:
             _git(self.root, "reset", "--hard", "-q", restore_to)
 
+    def _drop_files_added_by(self, source: str, before: str) -> list[str]:
+        """``git reset --hard`` leaves untracked the files a merge cut off mid-checkout had
+        added, and the next merge that adds them refuses to overwrite them. Remove those
+        whose content is exactly what ``source`` has there (git wrote them); a file that
+        differs is somebody's, and stays."""
+        if not _git(self.root, "rev-parse", "--verify", "-q", f"{source}^{{commit}}", check=False):
+            return []
+        # What the source added since it left the target: what the merge would have written.
+        added = _git(self.root, "diff", "--name-only", "--no-renames", "--diff-filter=A",
+                     f"{before}...{source}", check=False).splitlines()
+        if not added:
+            return []
+        untracked = _git(self.root, "ls-files", "--others", "--", *added,
+                         check=False).splitlines()
+        dropped = []
+        for path in untracked:
+            wanted = _git(self.root, "rev-parse", f"{source}:{path}", check=False)
+            if wanted and _git(self.root, "hash-object", "--", path, check=False) == wanted:
+                (self.root / path).unlink(missing_ok=True)
+                dropped.append(path)
+        return dropped
+
     def _clear_merge_state(self) -> None:
         for name in MERGE_STATE:
             (self.git_dir / name).unlink(missing_ok=True)
@@ -363,6 +385,10 @@ class Workspace:
             if before:
                 _git(self.root, "reset", "--hard", "-q", before)
             report.append(f"undid a merge cut off on {self.target}; it is back at {before[:10]}")
+            dropped = self._drop_files_added_by(source, before) if before and source else []
+            if dropped:
+                report.append(f"removed {len(dropped)} files the cut-off merge had written and "
+                              f"reset left untracked: {', '.join(dropped[:5])}")
         elif source and self._is_ancestor(source, tip):
             # git made the merge commit and died before cleaning up: keep the commit, drop
             # the merge state it left, and make index and files match it.
@@ -393,10 +419,9 @@ class Workspace:
                 if branch and branch.startswith(prefix):
                     found[path] = Worktree(path, branch, "")
                 path = branch = None
-        runs = [self.worktrees_dir / run_id] if run_id else (
-            [d for d in self.worktrees_dir.iterdir() if d.is_dir()] if self.worktrees_dir.is_dir() else [])
+        runs = [self.worktrees_dir / run_id] if run_id else scan(self.worktrees_dir, "*/")
         for run_dir in runs:
-            for wt_dir in sorted(run_dir.glob("*-a*")) if run_dir.is_dir() else []:
+            for wt_dir in scan(run_dir, "*-a*"):
                 task, _, attempt = wt_dir.name.rpartition("-a")
                 if wt_dir not in found and attempt.isdigit():
                     found[wt_dir] = self.worktree_for(run_dir.name, task, int(attempt))

@@ -191,17 +191,22 @@ class Store:
             self._batch.flushes.append(done)
             self._closed = True
             self._cond.notify()
-        try:
-            done.result(timeout=self.lock_timeout + 5)
-        except Exception:  # noqa: BLE001 - shutting down; the error was logged by the thread
-            pass
+        deadline = time.monotonic() + self.lock_timeout + 5
+        # Wait for the last flush, but not for a thread that is gone.
+        while not done.done() and self._thread.is_alive() and time.monotonic() < deadline:
+            cf.wait([done], timeout=0.1)
         self._thread.join(timeout=5)
 
     # ---------------------------------------------------------- store thread
     def _serve(self) -> None:
         # pandas comes in here, early, not at the first write: a first write at interpreter
-        # exit could not import it any more (concurrent.futures refuses after shutdown).
-        import pandas  # noqa: F401
+        # exit could not import it any more (concurrent.futures refuses after shutdown). A
+        # process that exits at once may already be past that point: then the thread goes on
+        # without it (small batches never need it), and close() is not kept waiting.
+        try:
+            import pandas  # noqa: F401
+        except Exception:  # noqa: BLE001 - RuntimeError: can't register atexit after shutdown
+            log.debug("pandas could not be imported while the interpreter shuts down")
 
         held_since = None
         while True:

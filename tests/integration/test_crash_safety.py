@@ -302,3 +302,29 @@ def test_a_stale_maintenance_lock_is_removed(repo):
     os.utime(lock, (old, old))
     report = ao.Workspace(repo).reconcile("r1", set())
     assert not lock.exists() and any("maintenance.lock" in r for r in report)
+
+
+def test_files_a_cut_off_merge_wrote_are_removed_but_not_yours(repo):
+    """A merge killed mid-checkout leaves the files it had added; reset makes them untracked,
+    and the next merge adding them would refuse to overwrite them. Those with exactly the
+    source's content go; a file of the same name with other content is the user's, and stays."""
+    expected = seed(repo, 5)
+    ws = ao.Workspace(repo)
+    before = ws.tip()
+    wt = ws.create_worktree("r1", "t1", 1)
+    (wt.path / "added").mkdir()
+    (wt.path / "added" / "a.txt").write_text("from the task\n")
+    (wt.path / "added" / "b.txt").write_text("from the task\n")
+    source = ws.commit_all(wt, "adds two files")
+    # The state a kill mid-checkout leaves: marker, the new files written, no commit.
+    (repo / ".git" / "agentorch-merging").write_text(f"{before} {source}\n")
+    (repo / "added").mkdir()
+    (repo / "added" / "a.txt").write_text("from the task\n")
+    (repo / "added" / "b.txt").write_text("the user's own notes\n")
+    report = ws.reconcile("r1", {wt.branch})
+    assert any("removed 1 files" in r and "added/a.txt" in r for r in report), report
+    assert not (repo / "added" / "a.txt").exists()
+    assert (repo / "added" / "b.txt").read_text() == "the user's own notes\n"
+    (repo / "added" / "b.txt").unlink()
+    result = ws.merge(source, "merge")  # nothing in the way any more
+    assert result.ok and files_on_main(repo) == expected | {"added/a.txt", "added/b.txt"}

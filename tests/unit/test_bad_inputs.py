@@ -207,3 +207,13 @@ def test_a_run_on_a_loop_that_stopped_still_answers(repo):
     assert "running 0/1" in repr(run)
     assert [t.status for t in run.tasks] == ["active"]
     loop.close()
+
+
+def test_a_process_that_exits_at_once_is_not_kept_waiting(repo):
+    """The store thread may still be starting when the interpreter shuts down; closing the
+    store then must not wait for it (it used to wait lock_timeout + 5 s)."""
+    code = ("import sys, agentorch_nb as ao\n"
+            "ao.Orchestrator(sys.argv[1], config=ao.Config(lock_timeout=600))\n")
+    out = subprocess.run([sys.executable, "-c", code, str(repo)], capture_output=True,
+                         text=True, timeout=300)  # a bound on a hang, far below 605 s
+    assert out.returncode == 0, out.stderr
