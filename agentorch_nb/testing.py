@@ -17,7 +17,7 @@ from .engine.protocols import Agents, Context
 from .model import Profile, Task, TaskSpec, Verdict, WorkResult
 
 __all__ = ["Agents", "FileWorker", "TestDirector", "TestStrategist", "TestWorker", "demo_agents",
-           "random_dag", "resolve_conflicts", "DEMO_OBJECTIVE"]
+           "keep_both", "random_dag", "resolve_conflicts", "DEMO_OBJECTIVE"]
 
 Rule = Callable[[Task, Context], "str | None"]
 
@@ -101,34 +101,40 @@ class FileWorker:
 
 
 def resolve_conflicts(root: Path) -> list[str]:
-    """Resolve every conflict git left in the worktree at ``root`` by keeping both sides'
-    lines (ours, then those of theirs not already kept): the scripted merge worker's rule
-    for files that are lists of lines. Returns the files it resolved."""
+    """Resolve every conflict git left in the worktree at ``root`` with :func:`keep_both`: the
+    scripted merge worker's rule for files that are lists of lines. Returns the files."""
     import subprocess
 
     out = subprocess.run(["git", "-C", str(root), "diff", "--name-only", "--diff-filter=U"],
                          capture_output=True, text=True, check=True).stdout.split()
     for name in out:
         path = root / name
-        kept, side, ours, theirs = [], None, [], []
-        for line in path.read_text().splitlines(keepends=True):
-            if line.startswith("<<<<<<< "):
-                side, ours, theirs = "ours", [], []
-            elif line.startswith("||||||| ") and side == "ours":
-                side = "base"
-            elif line.startswith("=======") and side in ("ours", "base"):
-                side = "theirs"
-            elif line.startswith(">>>>>>> ") and side == "theirs":
-                kept += ours + [t for t in theirs if t not in ours]
-                side = None
-            elif side == "ours":
-                ours.append(line)
-            elif side == "theirs":
-                theirs.append(line)
-            elif side is None:
-                kept.append(line)
-        path.write_text("".join(kept))
+        path.write_text(keep_both(path.read_text()))
     return out
+
+
+def keep_both(text: str) -> str:
+    """``text`` with each conflict (``<<<<<<<`` ... ``>>>>>>>``, diff3 style too) replaced by
+    both sides' lines: ours, then those of theirs not already kept."""
+    kept: list[str] = []
+    side, ours, theirs = None, [], []
+    for line in text.splitlines(keepends=True):
+        if line.startswith("<<<<<<< "):
+            side, ours, theirs = "ours", [], []
+        elif line.startswith("||||||| ") and side == "ours":
+            side = "base"
+        elif line.rstrip("\n") == "=======" and side in ("ours", "base"):
+            side = "theirs"
+        elif line.startswith(">>>>>>> ") and side == "theirs":
+            kept += ours + [t for t in theirs if t not in ours]
+            side = None
+        elif side == "ours":
+            ours.append(line)
+        elif side == "theirs":
+            theirs.append(line)
+        elif side is None:
+            kept.append(line)
+    return "".join(kept)
 
 
 class TestStrategist:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import agentorch_nb as ao
 from agentorch_nb import Profile, TaskSpec, WorkResult
+from agentorch_nb.testing import keep_both
 
 MARKERS = ("<<<<<<< ", "=======", ">>>>>>> ", "||||||| ")
 OBJECTIVE = "fault scenario"
@@ -162,30 +163,6 @@ def resolve_conflicts(root: Path) -> list[str]:
             path.write_text(keep_both(text))
             resolved.append(str(path.relative_to(root)))
     return resolved
-
-
-def keep_both(text: str) -> str:
-    out: list[str] = []
-    ours: list[str] = []
-    theirs: list[str] = []
-    side = None
-    for line in text.splitlines(keepends=True):
-        if line.startswith("<<<<<<< "):
-            side, ours, theirs = "ours", [], []
-        elif side and line.startswith("||||||| "):
-            side = "base"
-        elif side and line.rstrip("\n") == "=======":
-            side = "theirs"
-        elif side and line.startswith(">>>>>>> "):
-            out += ours + [t for t in theirs if t not in ours]
-            side = None
-        elif side == "ours":
-            ours.append(line)
-        elif side == "theirs":
-            theirs.append(line)
-        elif side is None:
-            out.append(line)
-    return "".join(out)
 
 
 class FaultWorker:

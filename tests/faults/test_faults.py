@@ -2,13 +2,13 @@
 resume; a killed engine must never destroy work, and every crash must be resumable."""
 
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from tests.faults.harness import run_harness, summary
 from tests.faults.invariants import Checker
-from tests.faults.scenario import Params, keep_both, make_repo, make_scenario
+from agentorch_nb.testing import keep_both
+from tests.faults.scenario import Params, make_repo, make_scenario
 
 
 @pytest.mark.slow
