@@ -187,15 +187,22 @@ def opened_parent(root: str | os.PathLike, path: str, *, make: bool = False,
     walk = _Walk(root, path, guard)
     try:
         *dirs, name = _parts(walk.root, path)
-        walk.enter(dirs, make)
-        if name in ("", ".", ".."):
-            walk.enter([name])
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), walk.rel())
-        if guard:
-            guard(walk.rel(name))
+        _enter_parent(walk, dirs, name, make, guard)
         yield walk.fd, name, walk.rel(name)
     finally:
         walk.close()
+
+
+def _enter_parent(walk: _Walk, dirs: list[str], name: str, make: bool,
+                  guard: Callable[[str], None] | None) -> None:
+    """Walk into the directory that holds ``name``, which must name a file, not a directory;
+    ``guard`` may refuse it."""
+    walk.enter(dirs, make)
+    if name in ("", ".", ".."):
+        walk.enter([name])
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), walk.rel())
+    if guard:
+        guard(walk.rel(name))
 
 
 def open_file(root: str | os.PathLike, path: str, flags: int, mode: int = 0o666, *,
@@ -209,12 +216,7 @@ def open_file(root: str | os.PathLike, path: str, flags: int, mode: int = 0o666,
         make = bool(flags & os.O_CREAT)
         *dirs, name = _parts(walk.root, path)
         while True:
-            walk.enter(dirs, make)
-            if name in ("", ".", ".."):
-                walk.enter([name])
-                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), walk.rel())
-            if guard:
-                guard(walk.rel(name))
+            _enter_parent(walk, dirs, name, make, guard)
             try:
                 fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode,
                              dir_fd=walk.fd)
