@@ -206,6 +206,8 @@ def test_a_run_on_a_loop_that_stopped_still_answers(repo):
     run = loop.run_until_complete(start())
     assert "running 0/1" in repr(run)
     assert [t.status for t in run.tasks] == ["active"]
+    run.cancel()  # then let the loop see the run to its end, as a kernel would
+    assert loop.run_until_complete(run.wait(60, stop_on_pause=False)) == ao.RunStatus.CANCELLED
     loop.close()
 
 
