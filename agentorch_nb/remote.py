@@ -64,21 +64,29 @@ def default_source() -> str:
     return f"process:{os.getpid()}@{socket.gethostname()}"
 
 
-def poke(address: str, run_id: str, *, connect_timeout: float = 5.0,
-         answer_timeout: float = 120.0) -> bool:
-    """Wake the engine at ``address`` and wait until it has applied its inbox. False when no
-    engine answers there (the command then waits for a resume). An engine that accepted the
-    connection is waited for up to ``answer_timeout``: on a loaded machine it may need its
-    turn at the store first, and "pending" would tell the caller, wrongly, that nothing
-    drives the run."""
+def ask(address: str, run_id: str, *, connect_timeout: float = 5.0,
+        answer_timeout: float = 120.0) -> bool | None:
+    """Wake the engine at ``address`` and wait until it has applied its inbox: True when it
+    answered; False when nothing listens there, or something that is not the run's engine
+    hung up; None when it took the connection but gave no answer within ``answer_timeout``
+    (an engine busy with its store on a loaded machine)."""
     host, _, port = address.rpartition(":")
     try:
         with socket.create_connection((host, int(port)), timeout=connect_timeout) as sock:
             sock.settimeout(answer_timeout)
             sock.sendall(f"{run_id}\n".encode())
             return sock.makefile().readline() != ""
+    except TimeoutError:
+        return None
     except OSError:
         return False
+
+
+def poke(address: str, run_id: str) -> bool:
+    """Did an engine apply its inbox? False sends the command to wait for a resume, so an
+    engine that took the connection is waited for long ("pending" would tell the caller,
+    wrongly, that nothing drives the run)."""
+    return ask(address, run_id) is True
 
 
 def engine_alive(row: dict[str, Any], answer_timeout: float = 30.0) -> bool:
@@ -94,13 +102,4 @@ def engine_alive(row: dict[str, Any], answer_timeout: float = 30.0) -> bool:
             return False
         except PermissionError:
             pass
-    host, _, port = row["engine_address"].rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=5.0) as sock:
-            sock.settimeout(answer_timeout)
-            sock.sendall(f"{row['run_id']}\n".encode())
-            return sock.makefile().readline() != ""  # "" : the port's process is not its engine
-    except TimeoutError:
-        return True  # it took the connection and has not answered yet: busy, not dead
-    except OSError:
-        return False
+    return ask(row["engine_address"], row["run_id"], answer_timeout=answer_timeout) is not False

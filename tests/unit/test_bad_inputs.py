@@ -219,3 +219,21 @@ def test_a_process_that_exits_at_once_is_not_kept_waiting(repo):
     out = subprocess.run([sys.executable, "-c", code, str(repo)], capture_output=True,
                          text=True, timeout=300)  # a bound on a hang, far below 605 s
     assert out.returncode == 0, out.stderr
+
+
+def test_a_damaged_store_is_an_agentorch_error_not_a_duckdb_one(repo, tmp_path):
+    """A file that starts like a DuckDB database but is damaged: every way in says so with
+    StoreError, and the file is left as it was."""
+    damaged = tmp_path / "damaged.duckdb"
+    con = duckdb.connect(str(damaged))
+    con.execute("create table x (a integer)")
+    con.close()
+    data = bytearray(damaged.read_bytes())
+    data[4096:] = b"\xff" * (len(data) - 4096)  # the headers after the magic, gone
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ao.StoreError, match="cannot be opened"):
+        ao.sql("select 1", store=damaged)
+    orch = ao.Orchestrator(repo, store=damaged)
+    with pytest.raises(ao.StoreError):
+        orch.runs()
+    assert damaged.read_bytes() == bytes(data)
