@@ -278,6 +278,9 @@ class Workspace:
                 log.warning("%s: %s", self.root, line)
             self.require_clean()
             before = self.tip()
+            # Files an earlier merge cut off mid-checkout left untracked would make git refuse
+            # to merge; those that hold exactly what this merge writes go first.
+            self._drop_files_added_by(source_sha, before)
             result = MergeResult("up_to_date", source_sha, self.target)
             if self._is_ancestor(source_sha, before):
                 result.result_sha = before

@@ -101,7 +101,14 @@ class Integration:
         store.upsert("merges", row)
         await store.flush()
         message = f"agentorch: merge {self.engine.run_id}/{task.id}: {task.title}"
-        result = await asyncio.to_thread(self.git.merge, sha, message)
+        job = asyncio.ensure_future(asyncio.to_thread(self.git.merge, sha, message))
+        try:
+            result = await asyncio.shield(job)
+        except asyncio.CancelledError:
+            # Cancelled while git merges (a cancel, an abandon): git goes on regardless, and
+            # what it did is recorded before the cancellation goes on.
+            self.record_merge(row, await job)
+            raise
         self.record_merge(row, result)
         return result
 

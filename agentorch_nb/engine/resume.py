@@ -77,24 +77,24 @@ def build_engine(store: Store, run_id: str, stored: StoredRun, *, agents: Agents
 
 
 def settle_merges(engine: Engine, git: Workspace, stored: StoredRun) -> None:
-    """Settle from git the merges of approved attempts whose task is still awaiting_qa:
-    an intent cut off mid-way, or a merge recorded but not the completion that follows."""
+    """Settle from git every merge the previous engine started and never recorded the end of
+    (so main never has work without its ``merges`` row); a task still awaiting_qa whose merge
+    landed, even one recorded but not followed by the completion, is complete."""
     for row in stored.merges:
         task = engine.tasks.get(row["task_id"])
-        if task is None or task.status != S.AWAITING_QA or task.attempts != row["attempt"]:
-            continue
         if row["status"] == "started":
             landed = git.landed(row["source_sha"], row["target_sha"])
             engine.integration.record_merge(row, landed)
-            engine.record_event("reconciled", task.id, action=(
-                f"merge of {row['source_sha'][:10]} ({task.id} attempt {row['attempt']}) was cut "
-                + (f"off after git made it: {landed.result_sha[:10]}" if landed
-                   else "off before git made it")))
+            engine.record_event("reconciled", row["task_id"], action=(
+                f"merge of {row['source_sha'][:10]} ({row['task_id']} attempt {row['attempt']}) "
+                "was cut " + (f"off after git made it: {landed.result_sha[:10]}" if landed
+                              else "off before git made it")))
             if landed is None:
                 continue
         elif row["status"] not in LANDED:
             continue
-        engine.complete_landed(task.id, row["attempt"])
+        if task is not None and task.status == S.AWAITING_QA and task.attempts == row["attempt"]:
+            engine.complete_landed(task.id, row["attempt"])
 
 
 def recover(engine: Engine) -> None:

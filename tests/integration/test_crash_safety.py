@@ -328,3 +328,25 @@ def test_files_a_cut_off_merge_wrote_are_removed_but_not_yours(repo):
     (repo / "added" / "b.txt").unlink()
     result = ws.merge(source, "merge")  # nothing in the way any more
     assert result.ok and files_on_main(repo) == expected | {"added/a.txt", "added/b.txt"}
+
+
+def test_a_merge_clears_its_own_leftovers_even_without_a_marker(repo):
+    """Whatever left them (an earlier attempt's merge cut off and undone), files that hold
+    exactly what this merge writes no longer make git refuse to merge; others still do."""
+    expected = seed(repo, 5)
+    ws = ao.Workspace(repo)
+    wt = ws.create_worktree("r1", "t1", 2)
+    (wt.path / "k26.txt").write_text("k26\n")
+    (wt.path / "k27.txt").write_text("k27\n")
+    source = ws.commit_all(wt, "adds k26 and k27")
+    (repo / "k26.txt").write_text("k26\n")  # the leftover: what the merge writes anyway
+    assert ws.merge(source, "merge").ok
+    assert files_on_main(repo) == expected | {"k26.txt", "k27.txt"}
+    assert git(repo, "status", "--porcelain") == ""
+    wt2 = ws.create_worktree("r1", "t2", 1)
+    (wt2.path / "mine.txt").write_text("from the task\n")
+    source2 = ws.commit_all(wt2, "adds mine.txt")
+    (repo / "mine.txt").write_text("the user's\n")  # not ours: git's refusal stands
+    with pytest.raises(Exception, match="would be overwritten"):
+        ws.merge(source2, "merge")
+    assert (repo / "mine.txt").read_text() == "the user's\n"
