@@ -236,4 +236,5 @@ def test_a_damaged_store_is_an_agentorch_error_not_a_duckdb_one(repo, tmp_path):
     orch = ao.Orchestrator(repo, store=damaged)
     with pytest.raises(ao.StoreError):
         orch.runs()
+    orch.store.close()  # here, not at the interpreter's exit
     assert damaged.read_bytes() == bytes(data)
