@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import uuid
 
@@ -32,6 +33,7 @@ log = logging.getLogger("agentorch_nb")
 _last_store: Store | None = None
 # Statements ao.sql() runs unless asked to write: queries, never a change to the record.
 READ_ONLY = frozenset({"SELECT", "EXPLAIN"})
+RUN_ID = re.compile(r"run-[A-Za-z0-9_-]{1,40}")
 
 
 def _agents_for(engine: Engine, agents) -> Agents:
@@ -71,13 +73,22 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ runs
     def start(self, objective: str, *, config: Config | None = None,
-              agents: Agents | None = None) -> Run:
+              agents: Agents | None = None, run_id: str | None = None) -> Run:
         """Start a run and return at once; the dispatch loop runs in the background. The
-        run is on disk when this returns: its id can be resumed whatever happens next."""
+        run is on disk when this returns: its id can be resumed whatever happens next.
+        ``run_id`` (``run-`` and up to 40 letters, digits, ``-`` or ``_``) names the run in
+        advance, as a batch job started by the Jupyter server does; by default it is new."""
         if not isinstance(objective, str) or not objective.strip():
             raise InvalidInput("the objective is empty: say in a sentence what the run should achieve")
+        if run_id is None:
+            run_id = f"run-{uuid.uuid4().hex[:8]}"
+        elif not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
+            raise InvalidInput(f"run_id {run_id!r} is not a run id: 'run-' and up to 40 "
+                               "letters, digits, '-' or '_'")
+        elif self.store.rows("select 1 from runs where run_id = ?", [run_id]):
+            raise InvalidInput(f"run_id {run_id!r} is taken in {self.store.path}")
         self.git.require_clean()
-        engine = Engine(run_id=f"run-{uuid.uuid4().hex[:8]}", objective=objective.strip(),
+        engine = Engine(run_id=run_id, objective=objective.strip(),
                         store=self.store, config=config or self.config, agents=None,
                         workspace=self.workspace)
         engine.agents = _agents_for(engine, agents or self.agents)

@@ -14,6 +14,7 @@ import socket
 import uuid
 from typing import Any
 
+from .dag import TaskGraph
 from .exceptions import ResolutionError, UnknownRun, UnknownTask
 from .model import TaskStatus, utcnow
 from .store import Store
@@ -40,7 +41,9 @@ def send_command(store: Store, run_id: str, kind: str, payload: dict[str, Any],
 
 
 def check_command(store: Store, run_id: str, kind: str, payload: dict[str, Any]) -> None:
-    """Refuse at once what the engine would refuse, when the store can tell."""
+    """Refuse at once what the engine would refuse, when the store can tell: an unknown
+    task, a resolution for a task that does not wait for one, a dependency edit that would
+    close a cycle (:class:`CycleError` names it) or removes an edge that is not there."""
     rows = store.rows("select status from tasks where run_id = ? and task_id = ?",
                       [run_id, payload["task_id"]])
     if not rows:
@@ -49,6 +52,13 @@ def check_command(store: Store, run_id: str, kind: str, payload: dict[str, Any])
         raise ResolutionError(
             f"cannot resolve task {payload['task_id']!r}: it is {rows[0]['status']}, "
             "and only waiting_human tasks take a resolution")
+    if kind in ("add_dependency", "remove_dependency"):
+        graph = TaskGraph()
+        for r in store.rows("select task_id from tasks where run_id = ?", [run_id]):
+            graph.add_task(r["task_id"])
+        for r in store.rows("select task_id, depends_on from task_deps where run_id = ?", [run_id]):
+            graph.add_dependency(r["task_id"], r["depends_on"])
+        getattr(graph, kind)(payload["task_id"], payload["depends_on"])
 
 
 def run_row(store: Store, run_id: str) -> dict[str, Any]:

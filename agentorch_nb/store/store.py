@@ -115,6 +115,10 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({self.path!r})"
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     # ----------------------------------------------------------------- writes
     def append(self, table: str, row: dict[str, Any]) -> None:
         """Queue one row for an append-only table; ``ts`` defaults to now."""

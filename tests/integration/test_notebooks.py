@@ -9,6 +9,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from agentorch_nb.notebooks import RUN_OBJECTIVE
+
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
@@ -100,13 +102,13 @@ def test_papermill_runs_an_objective_as_a_batch_job(tmp_path, repo):
     import papermill
 
     out = tmp_path / "out.ipynb"
-    papermill.execute_notebook(str(NOTEBOOKS / "run_objective.ipynb"), str(out), kernel_name="python3",
+    papermill.execute_notebook(str(RUN_OBJECTIVE), str(out), kernel_name="python3",
                                parameters={"workspace": str(repo), "workers": 2}, progress_bar=False)
     nb = nbformat.read(out, as_version=4)
     assert "run run-" in nb.cells[-1].outputs[0]["text"] and "completed" in nb.cells[-1].outputs[0]["text"]
     assert (repo / "wordstats" / "__init__.py").exists()  # the work was merged into the repository
     # A run that does not complete fails the job, naming what waits.
     with pytest.raises(papermill.PapermillExecutionError, match="waiting for a human"):
-        papermill.execute_notebook(str(NOTEBOOKS / "run_objective.ipynb"), str(tmp_path / "f.ipynb"),
+        papermill.execute_notebook(str(RUN_OBJECTIVE), str(tmp_path / "f.ipynb"),
                                    kernel_name="python3", progress_bar=False,
                                    parameters={"max_retries": 0, "workers": 2})
