@@ -46,3 +46,15 @@ def load_ipython_extension(ipython) -> None:
     from .magics import load_ipython_extension as load
 
     load(ipython)
+
+
+def _jupyter_server_extension_points() -> list[dict]:
+    """The Jupyter server extension: the REST API under ``<base_url>/agentorch/api/v1``."""
+    from .server import AgentorchApp
+
+    return [{"module": "agentorch_nb.server", "app": AgentorchApp}]
+
+
+def _jupyter_labextension_paths() -> list[dict]:
+    """The prebuilt JupyterLab extension (the "Agent runs" sidebar)."""
+    return [{"src": "labextension", "dest": "agentorch-nb"}]

@@ -52,6 +52,9 @@ def check_command(store: Store, run_id: str, kind: str, payload: dict[str, Any])
         raise ResolutionError(
             f"cannot resolve task {payload['task_id']!r}: it is {rows[0]['status']}, "
             "and only waiting_human tasks take a resolution")
+    if kind != "resolve" and TaskStatus(rows[0]["status"]).terminal:
+        raise ResolutionError(f"cannot {kind.replace('_', ' ')} task {payload['task_id']!r}: "
+                              f"it is {rows[0]['status']}")
     if kind in ("add_dependency", "remove_dependency"):
         graph = TaskGraph()
         for r in store.rows("select task_id from tasks where run_id = ?", [run_id]):
@@ -103,13 +106,20 @@ def engine_alive(row: dict[str, Any], answer_timeout: float = 30.0) -> bool:
     """Is the process recorded as driving a run still there? Only a process that is gone, or
     a port where nothing (or something else) answers, counts as dead: an engine too busy to
     answer in time is alive, and resuming beside it would put two engines on one run."""
-    if not row["engine_address"]:
+    if not row["engine_address"] or engine_gone(row):
         return False
-    if row["engine_host"] == socket.gethostname():
-        try:
-            os.kill(int(row["engine_pid"]), 0)
-        except (ProcessLookupError, ValueError, TypeError):
-            return False
-        except PermissionError:
-            pass
     return ask(row["engine_address"], row["run_id"], answer_timeout=answer_timeout) is not False
+
+
+def engine_gone(row: dict[str, Any]) -> bool:
+    """Is the process a run's row names as its engine known to be gone? Only a process of
+    this host can be looked up; one elsewhere is taken at its word."""
+    if row["engine_host"] != socket.gethostname():
+        return False
+    try:
+        os.kill(int(row["engine_pid"]), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return True
+    except PermissionError:
+        pass
+    return False
