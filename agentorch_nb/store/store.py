@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from ..exceptions import InvalidInput, StoreBusy, StoreError
 from ..model import utcnow
 from .migrations import migrate
+from .notify import Notifier
 from .batch import KEYS, TIMED, Batch
 from .sharing import Busy, check_file, lock_error, touch
 from .sqlutil import dicts, transaction
@@ -108,6 +109,8 @@ class Store:
         self._closed = False
         self._con = None  # open connection of the store thread, while it holds the file
         self._migrated = False
+        # Tells listening Jupyter servers what each commit changed (store/notify.py).
+        self.notifier = Notifier(path) if path != MEMORY else None
         self._thread = threading.Thread(target=self._serve, name="agentorch-store", daemon=True)
         self._thread.start()
         atexit.register(self.close)
@@ -378,6 +381,8 @@ class Store:
                 if lock_error(exc):
                     raise _Contended() from exc
                 raise
+            if self.notifier is not None:  # committed: now it may be announced
+                self.notifier.committed(batch.upserts, batch.appends)
             batch.appends, batch.upserts, batch.deps = {}, {}, {}
         while batch.calls:
             fn, fut, _ = batch.calls[0]
