@@ -28,6 +28,8 @@ class AgentorchApp(ExtensionApp):
     scan_interval = Float(10.0, config=True,
                           help="Seconds between walks of the root directory for new stores.")
     scan_depth = Int(6, config=True, help="How many folders deep the walk for stores goes.")
+    max_jobs = Int(4, config=True, help="Batch jobs (POST /runs, restart) run at once at most; "
+                                        "more are refused with 429 until one ends.")
     python = Unicode("", config=True,
                      help="The Python that runs batch jobs (POST /runs); empty: this server's.")
 

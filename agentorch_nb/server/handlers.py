@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
@@ -23,10 +24,12 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 
 from .. import remote
-from ..exceptions import (CycleError, InvalidInput, MissingDependency, ResolutionError, StoreBusy,
-                          StoreError, UnknownRun, UnknownTask, WorkspaceError)
+from ..exceptions import (CycleError, InvalidInput, InvalidTransition, MissingDependency,
+                          ResolutionError, StoreBusy, StoreError, UnknownRun, UnknownTask,
+                          WorkspaceError)
 from ..model import RunStatus
 from . import queries
+from .jobs import TooBusy
 from .stores import StoreRef
 
 API = "/agentorch/api/v1"
@@ -47,8 +50,8 @@ class ApiError(web.HTTPError):
 
 # What each of the package's errors means to an HTTP client.
 STATUS = [(UnknownRun, 404), (UnknownTask, 404), (CycleError, 409), (MissingDependency, 409),
-          (ResolutionError, 409), (WorkspaceError, 400), (InvalidInput, 400),
-          (StoreBusy, 503), (StoreError, 503), (PermissionError, 403)]
+          (ResolutionError, 409), (InvalidTransition, 409), (WorkspaceError, 400), (InvalidInput, 400),
+          (StoreBusy, 503), (StoreError, 503), (PermissionError, 403), (TooBusy, 429)]
 
 
 def api(method):
@@ -77,6 +80,16 @@ def body_validator(name: str) -> Draft202012Validator:
 NEW_RUN, RESOLVE, TASK_PATCH = (body_validator(n) for n in ("NewRun", "Resolve", "TaskPatch"))
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(map(_has_nul, value))
+    return False
+
+
 class Handler(ExtensionHandlerMixin, APIHandler):
     auth_resource = RESOURCE
 
@@ -103,10 +116,12 @@ class Handler(ExtensionHandlerMixin, APIHandler):
         except ValueError as exc:
             raise ApiError(400, f"the body is not JSON: {exc}") from None
         if validator is not None:
-            error = next(iter(sorted(validator.iter_errors(data), key=lambda e: e.path)), None)
+            error = best_match(validator.iter_errors(data))
             if error is not None:
                 where = "/".join(map(str, error.absolute_path)) or "body"
                 raise ApiError(400, f"{where}: {error.message}")
+        if _has_nul(data):
+            raise ApiError(400, "the body holds a NUL character, which no field may contain")
         return data
 
     def int_arg(self, name: str, default: int, low: int = 0, high: int | None = None) -> int:
@@ -228,7 +243,7 @@ class RunsHandler(Handler):
         await self.off_loop(workspace.require_clean)
         job = await self.ao.jobs.start(
             workspace.root, objective=body["objective"].strip(), model=body.get("model", "demo"),
-            workers=body.get("workers", 3), max_retries=body.get("max_retries", 4))
+            workers=int(body.get("workers", 3)), max_retries=int(body.get("max_retries", 4)))
         self.set_header("Location", url_path_join(self.base_url, API, "jobs", job.id))
         self.reply({"job": self.ao.jobs.describe(job)}, 202)
 
@@ -351,6 +366,8 @@ class MessagesHandler(Handler):
 class DiffHandler(Handler):
     @api
     async def get(self, run_id: str, task_id: str, attempt: str) -> None:
+        if not attempt.isdigit() or len(attempt) > 6:
+            raise ApiError(400, f"attempt must be a number from 0 to 999999, not {attempt[:20]!r}")
         ref = await self.locate(run_id)
         found = await self.read(ref, lambda con: queries.attempt_diff(con, run_id, task_id, int(attempt)))
         if found is None:
@@ -377,5 +394,5 @@ def routes() -> list[tuple]:
         (task, TaskHandler),
         (rf"{task}/(?P<action>resolve|interrupt)", TaskActionHandler),
         (rf"{task}/messages", MessagesHandler),
-        (rf"{task}/attempts/(?P<attempt>[0-9]{{1,6}})/diff", DiffHandler),
+        (rf"{task}/attempts/(?P<attempt>{SEGMENT})/diff", DiffHandler),
     ]

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..model import utcnow
 from ..notebooks import RUN_OBJECTIVE
+from ..exceptions import AgentorchError, ResolutionError, WorkspaceError
 from ..workspace import Workspace, exclude
 from .queries import iso
 
@@ -38,6 +39,10 @@ def notebook_dir(workspace: Path, root: Path) -> Path:
         exclude(workspace, ROOT_NOTEBOOKS + "/")
         return root / ROOT_NOTEBOOKS
     return workspace.parent / f"{workspace.name}-runs"
+
+
+class TooBusy(AgentorchError):
+    """As many batch jobs as the server may run are running."""
 
 
 @dataclass
@@ -85,10 +90,15 @@ class Jobs:
     def workspace(self, relative: str) -> Workspace:
         """The git workspace a request names, relative to the root; refused outside it.
         Runs in a worker thread (git is asked)."""
-        path = (self.root / relative).resolve()
-        if not path.is_relative_to(self.root):
-            raise PermissionError(f"workspace {relative!r} is outside the server's root directory")
-        return Workspace(path)
+        try:
+            path = (self.root / relative).resolve()
+            if not path.is_relative_to(self.root):
+                raise PermissionError(f"workspace {relative!r} is outside the server's root directory")
+            return Workspace(path)
+        except (OSError, ValueError) as exc:  # a name too long, a NUL byte
+            if isinstance(exc, PermissionError):
+                raise
+            raise WorkspaceError(f"workspace {relative[:200]!r} cannot be used: {exc}") from None
 
     def dashboard(self, store_path: str, run: dict[str, Any]) -> str:
         """A notebook that shows the run's live dashboard (written once, then reused): its
@@ -118,9 +128,19 @@ class Jobs:
             tmp.replace(path)
         return relative
 
+    def running(self) -> list[Job]:
+        return [j for j in self.jobs.values() if j.status == "running"]
+
     async def start(self, workspace: Path, *, objective: str = "", model: str = "demo",
                     workers: int = 3, max_retries: int = 4, resume: str | None = None,
                     store: str | None = None) -> Job:
+        """Start a job; refused (:class:`TooBusy`) while ``max_jobs`` are running, and for a
+        run that a job of this server is already resuming."""
+        if len(self.running()) >= self.app.max_jobs:
+            raise TooBusy(f"{len(self.running())} batch jobs are running, the most this server "
+                          "starts at once (c.AgentorchApp.max_jobs): start this one when one ends")
+        if resume and any(j.run_id == resume for j in self.running()):
+            raise ResolutionError(f"run {resume} is already being resumed by a job of this server")
         run_id = resume or f"run-{uuid.uuid4().hex[:8]}"
         folder = notebook_dir(workspace, self.root)
         folder.mkdir(parents=True, exist_ok=True)

@@ -142,6 +142,9 @@ async def test_bad_requests_get_4xx_and_change_nothing(api, paused_run):
         (("GET", "runs"), None, 400, "limit"),
         (("POST", "runs"), {"objective": "x", "workspace": "../outside"}, 403, "outside"),
         (("POST", "runs"), {"objective": "", "workspace": "proj"}, 400, "objective"),
+        (("POST", "runs"), {"objective": "a\x00b", "workspace": "proj"}, 400, "NUL"),
+        (("POST", "runs"), {"objective": "x", "workspace": "x" * 5000}, 400, ""),
+        (("POST", "runs"), {"objective": "x", "workspace": "nowhere"}, 400, "does not exist"),
         (("PATCH", "runs", rid, "tasks", "t1"), {}, 400, ""),
         (("PATCH", "runs", rid, "tasks", "t3"), {"remove_dependencies": ["t1"]}, 409, "t1"),
         (("PATCH", "runs", rid, "tasks", "t1"), {"add_dependencies": ["t2"]}, 409, "complete"),
@@ -154,6 +157,13 @@ async def test_bad_requests_get_4xx_and_change_nothing(api, paused_run):
     code, detail = await api("GET", "runs", rid)
     assert [t["status"] for t in detail["tasks"]][:2] == ["complete", "waiting_human"]
     assert ao.sql("select count(*) as n from resolutions").n[0] == 0
+
+
+async def test_batch_jobs_beyond_max_jobs_are_refused_with_429(api, workspace, ao_app):
+    ao_app.max_jobs = 0
+    code, out = await api("POST", "runs", body={"objective": "x", "workspace": "proj"})
+    assert code == 429 and "max_jobs" in out["message"]
+    assert ao_app.jobs.jobs == {}
 
 
 async def test_a_dependency_cycle_is_refused_with_409_naming_it(api, paused_run):
@@ -224,3 +234,20 @@ async def test_a_dashboard_notebook_opens_the_run(api, paused_run, jp_root_dir):
     assert code == 200 and out["path"] == f"proj-runs/dashboard-{paused_run.id}.ipynb"
     nb = json.loads((jp_root_dir / out["path"]).read_text())
     assert f"orch.run({paused_run.id!r})" in "".join(nb["cells"][1]["source"])
+
+
+def test_job_notebooks_go_beside_the_workspace_or_out_of_git_when_it_is_the_root(tmp_path):
+    import subprocess
+
+    from agentorch_nb.server.jobs import notebook_dir
+
+    root = ao.init_workspace(tmp_path / "root").root
+    inner = ao.init_workspace(root / "apps" / "one").root
+    assert notebook_dir(inner, root) == root / "apps" / "one-runs"
+    folder = notebook_dir(root, root)
+    assert folder == root / "agentorch-runs"
+    folder.mkdir()
+    (folder / "run-x.ipynb").write_text("{}")
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True,
+                            text=True, check=True).stdout
+    assert "agentorch-runs" not in status
