@@ -48,7 +48,9 @@ async def test_schemathesis_finds_no_server_error(tmp_path):
             [schemathesis(), "run", f"{lab.url}/agentorch/api/v1/openapi.json",
              "-H", f"Authorization: token {lab.token}", "--checks", CHECKS,
              "--max-examples", "10", "--seed", "1", "--request-timeout", "60",
+             "--generation-database", "none",
              "--url", f"{lab.url}/agentorch/api/v1"],
+            cwd=tmp_path,
             capture_output=True, text=True, timeout=900)
         (tmp_path / "schemathesis.txt").write_text(out.stdout + out.stderr)
         assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
