@@ -12,15 +12,18 @@ The run totals (tasks by status, open interrupts, spend) come from a cache: the 
 of a run loads that run's state from the store once, and later notices update it. The load
 runs in the store's thread; task and interrupt events go out meanwhile, the notices wait
 beside the load, and those the snapshot already contains (the engine sent them before the
-read held the file) are not applied twice. A datagram lost on the way (a gap in a sender's
-``seq``) makes the feed read that store's cached runs again and announce what changed. The
-file is held only for that one read per run; nothing polls it.
+read held the file) are not applied twice. A run created after the feed registered, whose
+engine's every datagram reached it (seq 1 on, no gap), needs no read: its state is built
+from the notices alone (a read would stall a busy engine for ~0.1 s: the file is
+exclusive). A datagram lost on the way (a gap in a sender's ``seq``) makes the feed read
+that store's cached runs again and announce what changed. Nothing polls the store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import functools
 import logging
 import secrets
@@ -44,6 +47,7 @@ MAX_RUNS = 2000  # cached runs (the least recently touched are forgotten first)
 MAX_SENDERS = 1000
 RECEIVE_BUFFER = 4 << 20  # bytes; the kernel caps it at net.core.rmem_max
 YIELD_EVERY = 200  # events emitted between two turns given back to the loop
+FRESH_SECONDS = 10.0  # a run first heard of this soon after its creation may be trusted
 
 
 # ------------------------------------------------------------------ the bus
@@ -116,8 +120,6 @@ def iso_text(value: str | None) -> str | None:
     if not value:
         return None
     try:
-        import datetime as dt
-
         return iso(dt.datetime.fromisoformat(value))
     except ValueError:
         return value
@@ -145,9 +147,6 @@ class _Protocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr) -> None:
         self.feed._received(data)
 
-    def error_received(self, exc: Exception) -> None:
-        log.debug("agentorch feed socket: %s", exc)
-
 
 class Feed:
     """The listener of engines' change notices (see the module's doc)."""
@@ -164,8 +163,11 @@ class Feed:
         self._worker: asyncio.Task | None = None
         self._runs: OrderedDict[tuple[str, str], RunState] = OrderedDict()
         self._loads: set[asyncio.Task] = set()
-        self._senders: OrderedDict[str, int] = OrderedDict()
-        self.received = self.rejected = self.gaps = 0
+        # sender -> (last seq, every datagram of it seen since its seq 1)
+        self._senders: OrderedDict[str, tuple[int, bool]] = OrderedDict()
+        self.registered_at = float("inf")  # time.time() before the registry file was written
+        self._forgotten: set[tuple[str, str]] = set()  # runs whose state was dropped
+        self.received = self.rejected = self.gaps = self.loads = 0  # counters
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -188,7 +190,9 @@ class Feed:
             if folder is None:
                 raise OSError("jupyter_core is not importable")
             await asyncio.to_thread(notify.prune, folder)
+            registered_at = time.time()
             self.file = await asyncio.to_thread(notify.register, folder, self.port, self.token)
+            self.registered_at = registered_at
         except OSError:
             log.exception("agentorch: the live feed could not register; runs show changes "
                           "only when read again")
@@ -251,7 +255,7 @@ class Feed:
             ref = self.app.index.known(str(notice.get("store")))
             if ref is None:
                 continue  # a store this server may not serve
-            self._check_seq(ref, notice)
+            whole = self._check_seq(ref, notice)
             ts = float(notice.get("ts") or 0.0)
             parts: dict[str, Part] = {}
             for r in notice.get("runs", ()):
@@ -267,7 +271,14 @@ class Feed:
             for run_id, part in parts.items():
                 key = (ref.id, run_id)
                 state = self._runs.get(key)
-                if state is None:
+                if state is None and whole and key not in self._forgotten \
+                        and self._born_after_start(part.run, ts):
+                    # Every change of this run was announced here: no read is needed.
+                    state = self._runs[key] = RunState(loading=False)
+                    state.apply(part)
+                    self._evict()
+                    touched[key] = None
+                elif state is None:
                     self._load_later(key, ref, RunState(pending=[part]))
                 elif state.loading:
                     state.pending.append(part)
@@ -282,32 +293,54 @@ class Feed:
         for key in touched:
             self._emit_run(key)
 
-    def _check_seq(self, ref, notice: dict) -> None:
-        """A gap in a sender's datagrams means a notice was lost: every cached run of that
-        store is read again, and what changed since is announced."""
+    def _born_after_start(self, run: dict | None, ts: float) -> bool:
+        """Was this run (a notice's row) created after this feed registered, and just now?
+        Then every engine that changed it, and that announces at all, announced it here."""
+        try:
+            c = dt.datetime.fromisoformat(run["created_at"]).replace(tzinfo=dt.UTC).timestamp()
+        except (TypeError, KeyError, ValueError):
+            return False
+        return c > self.registered_at and c > ts - FRESH_SECONDS
+
+    def _check_seq(self, ref, notice: dict) -> bool:
+        """Has this feed seen every datagram of the notice's sender (from its seq 1, no
+        gap)? A gap means a notice was lost: every cached run of that store is read again,
+        and what changed since is announced."""
         sender, seq = notice.get("sender"), notice.get("seq")
         if not isinstance(sender, str) or not isinstance(seq, int):
-            return
-        last = self._senders.pop(sender, None)
-        self._senders[sender] = seq if last is None else max(last, seq)
+            return False
+        last, whole = self._senders.pop(sender, (None, False))
+        gap = last is not None and seq != last + 1
+        whole = seq == 1 if last is None else whole and not gap
+        self._senders[sender] = (seq if last is None else max(last, seq), whole)
         if len(self._senders) > MAX_SENDERS:
             self._senders.popitem(last=False)
-        if last is None or seq == last + 1:
-            return
+        if not gap:
+            return whole
         self.gaps += 1
         log.info("agentorch: change notices of store %s were lost (seq %d after %d); its runs "
                  "are read again", ref.id, seq, last)
         for key, old in [(k, v) for k, v in self._runs.items() if k[0] == ref.id]:
             previous = old.previous if old.loading else old
             self._load_later(key, ref, RunState(previous=previous))
+        return False
 
     # -------------------------------------------------------------- loading
+    def _evict(self) -> None:
+        while len(self._runs) > MAX_RUNS:
+            self._forget(next(iter(self._runs)))
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        """Drop a run's state; it is read again at its next notice, never trusted afresh."""
+        self._runs.pop(key, None)
+        self._forgotten.add(key)
+
     def _load_later(self, key: tuple[str, str], ref, state: RunState) -> None:
         """Cache ``state`` (loading) for ``key`` and read the run in the store's thread."""
         self._runs[key] = state
         self._runs.move_to_end(key)
-        while len(self._runs) > MAX_RUNS:
-            self._runs.popitem(last=False)
+        self._evict()
+        self.loads += 1
         task = asyncio.create_task(self._load(key, ref, state))
         self._loads.add(task)
         task.add_done_callback(self._loads.discard)
@@ -324,7 +357,7 @@ class Feed:
             log.warning("agentorch: run %s of store %s could not be read for the live feed: %s",
                         key[1], key[0], exc)
             if self._runs.get(key) is state:
-                del self._runs[key]
+                self._forget(key)
             return
         if self._runs.get(key) is not state:
             return  # replaced meanwhile (a lost notice): that load answers

@@ -23,7 +23,9 @@ datagrams, each self-contained)::
      "runs": [...], "tasks": [...], "interrupts": [...], "costs": [{"run_id", "cost_usd"}]}
 
 ``sender`` names this store object (one per file and process) and ``seq`` numbers its
-datagrams, so a listener can tell that it missed one. :func:`parse` reads a datagram.
+datagrams, so a listener can tell that it missed one; a commit announced to nobody takes a
+number too, so a listener that saw ``seq`` 1 and no gap has seen every commit of that store
+object. :func:`parse` reads a datagram.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ RECHECK_SECONDS = 1.0  # how often the listeners' processes and ports are checke
 RACY_SECONDS = 2.0  # a folder changed this recently is listed again (coarse mtimes)
 
 FIELDS: dict[str, tuple[str, ...]] = {
-    "runs": ("run_id", "status", "objective", "error", "updated_at", "finished_at"),
+    "runs": ("run_id", "status", "objective", "error", "created_at", "updated_at",
+             "finished_at"),
     "tasks": ("run_id", "task_id", "title", "status", "status_reason", "attempts", "updated_at"),
     "interrupts": ("run_id", "interrupt_id", "task_id", "kind", "reason", "resolved_at"),
 }
@@ -327,6 +330,7 @@ class Notifier:
             ts = time.time()  # after the commit, while the store still holds the file
             listeners = REGISTRY.listeners()
             if not listeners:
+                self.seq += 1  # a commit nobody heard of: whoever listens later sees a gap
                 return
             entries = items(upserts, appends)
             if not entries:

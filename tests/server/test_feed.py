@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import datetime as dt
 import json
 import os
 import secrets
@@ -135,9 +136,10 @@ def test_notice_after_commit_reaches_listener(listener, store, monkeypatch):
     store.flush_sync()
     [(_, notice)] = listener.receive()
     assert notice["store"] == store.path and notice["v"] == 1 and notice["seq"] == 1
-    assert notice["runs"] == [{"run_id": "r1", "status": "running", "objective": "make it so",
-                               "error": None, "updated_at": notice["runs"][0]["updated_at"],
-                               "finished_at": None}]
+    [run] = notice["runs"]
+    assert run == {"run_id": "r1", "status": "running", "objective": "make it so",
+                   "error": None, "created_at": run["created_at"],
+                   "updated_at": run["updated_at"], "finished_at": None}
     assert {(t["task_id"], t["status"], t["status_reason"]) for t in notice["tasks"]} == {
         ("t1", "ready", None), ("t2", "planned", "waits for t1")}
     assert notice["interrupts"][0]["interrupt_id"] == "i1"
@@ -267,18 +269,24 @@ class Bus:
 
 
 @pytest.fixture
-async def feed(runtime, tmp_path):
+async def new_feed(runtime, tmp_path):
+    """A Feed (not started) on a real EventLogger, for a server whose root is tmp/root."""
     root = tmp_path / "root"
     root.mkdir(exist_ok=True)
     app = types.SimpleNamespace(index=StoreIndex(str(root), []),
                                 executor=cf.ThreadPoolExecutor(max_workers=2))
     bus = Bus()
     f = feed_mod.Feed(app, bus.logger)
-    await f.start()
     f.bus = bus
     yield f
     f.stop()
     app.executor.shutdown(wait=False)
+
+
+@pytest.fixture
+async def feed(new_feed):
+    await new_feed.start()
+    return new_feed
 
 
 async def test_feed_emits_task_interrupt_and_run_events(feed, store):
@@ -299,6 +307,7 @@ async def test_feed_emits_task_interrupt_and_run_events(feed, store):
                    "tasks": 2, "counts": {"active": 1, "planned": 1}, "cost_usd": 0.5,
                    "waiting": 0, "updated_at": run["updated_at"], "error": None}
     assert run["updated_at"].endswith("+00:00")
+    assert feed.loads == 0  # a run born after the feed started, all of whose notices it saw
 
     store.upsert("tasks", task_row("r1", "t1", "waiting_human", status_reason="stuck"))
     store.upsert("interrupts", interrupt_row("r1", "i1", "t1"))
@@ -323,6 +332,47 @@ async def test_feed_emits_task_interrupt_and_run_events(feed, store):
     assert feed.run_state(sid, "r1") == {"tasks": 2, "counts": {"waiting_human": 1, "planned": 1},
                                          "cost_usd": 0.75, "waiting": 0, "status": "failed"}
     assert feed.run_state(sid, "nope") is None
+    registered = feed.file
+    feed.stop()
+    assert not registered.exists()
+
+
+async def test_feed_reads_a_run_it_did_not_see_from_the_start(new_feed, store):
+    """A run with history the feed did not hear is read once; the notice that triggered the
+    read is in the snapshot and counts once. A run born later, all of whose notices the feed
+    saw, is never read; a new store object (sender) whose seq 1 the feed saw changes nothing
+    for a run created before the feed started: that one is read."""
+    feed, bus = new_feed, new_feed.bus
+    sid = store_id(store.path)
+    store.upsert("runs", run_row("r0"))
+    store.upsert("tasks", task_row("r0", "t1", "complete"))
+    store.append("llm_calls", {"run_id": "r0", "cost_usd": 0.25})
+    await store.flush()
+    await feed.start()
+
+    store.upsert("tasks", task_row("r0", "t2", "ready"))
+    store.append("llm_calls", {"run_id": "r0", "cost_usd": 0.5})
+    store.upsert("runs", run_row("r1"))  # born after the start, but seq 1 went to nobody
+    await store.flush()
+    await bus.until(lambda: len(bus.of("run")) == 2)
+    assert feed.loads == 2
+    assert feed.run_state(sid, "r0") == {"tasks": 2, "counts": {"complete": 1, "ready": 1},
+                                         "cost_usd": 0.75, "waiting": 0, "status": "running"}
+
+    store.close()
+    again = Store.open(store.path, flush_interval=0.01)  # a new sender: the feed sees seq 1
+    try:
+        old = run_row("r2")
+        old["created_at"] = utcnow() - dt.timedelta(minutes=5)
+        again.upsert("runs", old)
+        again.upsert("runs", run_row("r3"))
+        again.upsert("tasks", task_row("r3", "t1", "ready"))
+        await again.flush()
+        await bus.until(lambda: {"r2", "r3"} <= {r["run_id"] for r in bus.of("run")})
+        assert feed.loads == 3  # r2 only
+        assert feed.run_state(sid, "r3")["counts"] == {"ready": 1}
+    finally:
+        again.close()
 
 
 async def test_feed_drops_strangers_and_foreign_stores(feed, store, tmp_path):
