@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -260,6 +261,8 @@ async def bench(args) -> int:
             server.wait(10)
         except subprocess.TimeoutExpired:
             server.kill()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     print()
     print(f"{'path':<34}{'n':>6}{'p50 ms':>10}{'p95 ms':>10}{'max ms':>10}")
@@ -293,6 +296,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=5)
     p.add_argument("--runs", type=int, default=1)
     p.add_argument("--baseline", type=int, default=200, help="baseline events")
+    p.add_argument("--keep", action="store_true", help="keep the temp directory (server log)")
     p.add_argument("--engine", metavar="REPO", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
