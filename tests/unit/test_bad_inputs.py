@@ -64,6 +64,18 @@ async def test_sql_reads_unless_asked_to_write(orch_factory):
         ao.sql("selec 1")
 
 
+async def test_a_run_id_named_in_advance_must_be_well_formed_and_free(orch_factory):
+    orch = orch_factory([ao.TaskSpec("a")])
+    run = orch.start("x", run_id="run-batch_1")
+    assert run.id == "run-batch_1"
+    await run.wait(10)
+    for bad, words in (("run-batch_1", "taken"), ("../etc", "not a run id"),
+                       ("run-" + "x" * 41, "not a run id"), (7, "not a run id")):
+        with pytest.raises(ao.InvalidInput, match=words):
+            orch.start("y", run_id=bad)
+    assert ao.sql("select count(*) as n from runs", store=orch.store.path).n[0] == 1
+
+
 async def test_a_stranger_on_the_wake_up_port_changes_nothing(orch_factory):
     gate = asyncio.Event()
 
