@@ -68,6 +68,7 @@ class Jobs:
         self.app = app
         self.root = Path(app.serverapp.root_dir).expanduser().resolve()
         self.jobs: dict[str, Job] = {}
+        self._starting: set[str] = set()  # run ids of jobs being launched
         self._watchers: set[asyncio.Task] = set()
 
     def relative(self, path: Path) -> str | None:
@@ -136,13 +137,24 @@ class Jobs:
                     store: str | None = None) -> Job:
         """Start a job; refused (:class:`TooBusy`) while ``max_jobs`` are running, and for a
         run that a job of this server is already resuming."""
-        if len(self.running()) >= self.app.max_jobs:
-            raise TooBusy(f"{len(self.running())} batch jobs are running, the most this server "
-                          "starts at once (c.AgentorchApp.max_jobs): start this one when one ends")
-        if resume and any(j.run_id == resume for j in self.running()):
+        busy = [j.run_id for j in self.running()] + list(self._starting)
+        if len(busy) >= self.app.max_jobs:
+            raise TooBusy(f"{len(busy)} batch jobs are running, the most this server starts "
+                          "at once (c.AgentorchApp.max_jobs): start this one when one ends")
+        if resume and resume in busy:
             raise ResolutionError(f"run {resume} is already being resumed by a job of this server")
         run_id = resume or f"run-{uuid.uuid4().hex[:8]}"
-        folder = notebook_dir(workspace, self.root)
+        self._starting.add(run_id)  # counted while the awaits below let other requests in
+        try:
+            return await self._launch(run_id, workspace, objective, model, workers,
+                                      max_retries, resume, store)
+        finally:
+            self._starting.discard(run_id)
+
+    async def _launch(self, run_id: str, workspace: Path, objective: str, model: str,
+                      workers: int, max_retries: int, resume: str | None,
+                      store: str | None) -> Job:
+        folder = await asyncio.to_thread(notebook_dir, workspace, self.root)  # asks git
         folder.mkdir(parents=True, exist_ok=True)
         stamp = utcnow().strftime("%Y%m%d-%H%M%S")
         job = Job(f"job-{uuid.uuid4().hex[:8]}", run_id, workspace, folder / f"{run_id}-{stamp}.ipynb")
