@@ -73,3 +73,14 @@ async def test_a_run_started_over_rest_runs_as_a_batch_job_to_its_end(api, works
     executed = json.loads((Path(jp_root_dir) / job["notebook"]).read_text())
     assert executed["metadata"]["papermill"]["parameters"]["run_id"] == job["run_id"]
     assert (workspace / "wordstats").is_dir()  # merged into main
+
+    # A finished run restarted over REST: a job that resumes it (and finds nothing left to do).
+    code, out = await api("POST", "runs", job["run_id"], "restart")
+    assert code == 202, out
+    again = out["job"]
+    assert again["run_id"] == job["run_id"] and again["id"] != job["id"]
+    job = again
+    done = await until(ended, timeout=300, every=1.0)
+    assert done["status"] == "completed", done["error"]
+    code, jobs = await api("GET", "jobs")
+    assert {j["id"] for j in jobs["jobs"]} >= {again["id"]} and len(jobs["jobs"]) == 2
