@@ -121,6 +121,9 @@ class JupyterLab:
     token: str
     proc: subprocess.Popen
     log_path: Path
+    # The server's environment (its JUPYTER_* folders): a process given it is seen by the
+    # server as one of its own (agentorch's change notices find the server's live feed).
+    env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def start(cls, base: Path, log_path: Path, timeout: float = 90) -> JupyterLab:
@@ -158,7 +161,7 @@ class JupyterLab:
         proc = subprocess.Popen(cmd, env=env, cwd=dirs["root"], stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
-        lab = cls(dirs["root"], f"http://127.0.0.1:{port}", token, proc, log_path)
+        lab = cls(dirs["root"], f"http://127.0.0.1:{port}", token, proc, log_path, env)
         try:
             lab._wait_until_up(timeout)
             lab._check_labextensions()
