@@ -242,7 +242,7 @@ class AttemptLifecycle:
         else:
             self.move(task.id, S.WAITING_HUMAN, f"retries exhausted: {reason}")
             self.raise_interrupt(task.id, "retries_exhausted",
-                                 f"{task.attempts} attempts failed; last: {reason}")
+                                 f"{task.attempts} attempt{'s' if task.attempts != 1 else ''} failed; last: {reason}")
 
     def _stopped(self, task: Task, attempt: Attempt) -> None:
         """The attempt's coroutine was cancelled: say why it was, and where the task goes."""

@@ -183,7 +183,7 @@ class Feed:
         # A store's thread imports duckdb and pandas when it starts; the import holds the GIL
         # for long stretches (~0.3 s here), which would stall the first run's events. Now,
         # at start, it costs nothing anyone waits for.
-        await asyncio.to_thread(_warm)
+        await asyncio.to_thread(lambda: [__import__(m) for m in ("duckdb", "pandas")])
         self._worker = asyncio.create_task(self._consume(), name="agentorch-feed")
         try:
             folder = notify.registry_dir()
@@ -397,7 +397,8 @@ class Feed:
         emit(self.event_logger, "task", {
             "store": sid, "run_id": t["run_id"], "task_id": t["task_id"],
             "title": t.get("title") or "", "status": t.get("status") or "",
-            "status_reason": t.get("status_reason"), "attempts": int(t.get("attempts") or 0)})
+            "status_reason": t.get("status_reason"), "attempts": int(t.get("attempts") or 0),
+            "updated_at": t["updated_at"] if isinstance(t.get("updated_at"), str) else iso(t.get("updated_at"))})
 
     def _emit_interrupt(self, sid: str, i: dict) -> None:
         emit(self.event_logger, "interrupt", {
@@ -413,8 +414,3 @@ class Feed:
             "store": key[0], "run_id": key[1], "status": state.status or "unknown",
             "objective": state.objective or "", **state.totals(),
             "updated_at": state.updated_at, "error": state.error})
-
-
-def _warm() -> None:
-    import duckdb  # noqa: F401
-    import pandas  # noqa: F401

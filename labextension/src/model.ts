@@ -202,10 +202,31 @@ export class RunsModel implements IDisposable {
 
   private onRunEvent(event: Event.Emission): void {
     const id = String(event.run_id ?? '');
-    const run = this._runs.find(r => r.id === id);
+    let run = this._runs.find(r => r.id === id);
     if (!run) {
+      // A run this list has not seen: show it at once from the event, and let a full read
+      // (which may wait on the busy engine's hold on its store) fill in the rest.
+      run = {
+        id,
+        store: String(event.store ?? ''),
+        objective: '',
+        workspace: null,
+        status: 'running',
+        created_at: new Date().toISOString(),
+        updated_at: null,
+        finished_at: null,
+        tasks: 0,
+        counts: {},
+        cost_usd: 0,
+        waiting: 0,
+        live: true,
+        error: null,
+        job: null,
+        notebook: null
+      };
+      this._runs.unshift(run);
+      this._provisional.add(id);
       void this.refreshRuns();
-      return;
     }
     const before = { status: run.status, waiting: run.waiting };
     if (typeof event.status === 'string') {
@@ -246,7 +267,12 @@ export class RunsModel implements IDisposable {
   private async fetchRuns(): Promise<void> {
     try {
       const page = await this.api.listRuns(0, PAGE);
-      this._runs = page.runs;
+      // A run shown from its events stays until a read that includes it (the read may have
+      // looked at its store before the run's first commit).
+      const listed = new Set(page.runs.map(r => r.id));
+      const pending = this._runs.filter(r => this._provisional.has(r.id) && !listed.has(r.id));
+      listed.forEach(id => this._provisional.delete(id));
+      this._runs = [...pending, ...page.runs];
       this._total = page.total;
       this._unavailable = page.unavailable ?? [];
       this._runsError = null;
@@ -286,6 +312,7 @@ export class RunsModel implements IDisposable {
   }
 
   private _runs: IRun[] = [];
+  private _provisional = new Set<string>();
   private _total = 0;
   private _interrupts: IInterrupt[] = [];
   private _unavailable: IUnavailable[] = [];

@@ -475,7 +475,7 @@ class RunRow {
     // Cancel while the run can still act; Restart when no engine holds it
     // (the server refuses to restart a live run).
     this.cancel.hidden = FINISHED.has(run.status);
-    this.restart.hidden = run.live === true;
+    this.restart.hidden = run.live === true || run.status === 'completed';
     this.link.hidden = !run.notebook;
     say(this.runError, run.status === 'failed' || run.error ? run.error : null);
     this.tick(Date.now());
