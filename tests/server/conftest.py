@@ -16,7 +16,11 @@ from agentorch_nb.testing import Agents, TestDirector, TestStrategist, TestWorke
 
 from .spec import check
 
-pytest_plugins = ["pytest_jupyter.jupyter_server"]
+# pytest-jupyter's fixtures for this folder only (pytest_plugins must live in the top conftest,
+# and would then reach every test of the suite).
+from pytest_jupyter.jupyter_core import *  # noqa: E402,F403
+from pytest_jupyter.jupyter_server import *  # noqa: E402,F403
+
 API = ("agentorch", "api", "v1")
 
 
