@@ -114,8 +114,15 @@ def _v5_crash_safety(con) -> None:
                 "when 'run cancelled' then 'cancelled' end where outcome = 'interrupted'")
 
 
+def _v6_views(con) -> None:
+    """The post-mortem views (``store/views.sql``): task_timeline, attempt_outcomes,
+    llm_costs, tool_stats, human_waits, critical_path, merge_log. Each is ``create or
+    replace``: a later migration that changes one runs its new definition."""
+    con.execute(resources.files(__package__).joinpath("views.sql").read_text())
+
+
 MIGRATIONS: list[Callable] = [_v1_initial, _v2_checkpoints, _v3_guardian, _v4_attempt_diffs,
-                              _v5_crash_safety]
+                              _v5_crash_safety, _v6_views]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
