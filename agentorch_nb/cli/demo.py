@@ -1,18 +1,16 @@
-"""``python -m agentorch_nb`` / ``agentorch``: a thin layer over the Python API."""
+"""``agentorch demo``: the offline demo objective on a throwaway git repository."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from . import Orchestrator
-from .agents import LLMTeam, demo_models
-from .config import Config
-from .testing import DEMO_OBJECTIVE
-from .workspace import init_workspace
+from .. import Orchestrator
+from ..agents import LLMTeam, demo_models
+from ..config import Config
+from ..workspace import init_workspace
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -47,19 +45,3 @@ def demo(args: argparse.Namespace) -> int:
     print(f"try:   python -c \"import agentorch_nb as ao; print(ao.sql('select * from tasks', store='{orch.store.path}'))\"")
     return 0 if status.value == "completed" else 1
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="agentorch", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="run the offline demo objective on a throwaway git repository")
-    d.add_argument("--workspace", help="git repository to use (default: a new temporary one)")
-    d.add_argument("--objective", default=DEMO_OBJECTIVE)
-    d.add_argument("--workers", type=int, default=5)
-    d.add_argument("--timeout", type=float, default=120.0)
-    d.set_defaults(fn=demo)
-    args = parser.parse_args(argv)
-    return args.fn(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
