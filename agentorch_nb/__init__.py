@@ -26,7 +26,7 @@ from .exceptions import (
     WrongLoop,
 )
 from .model import Outcome, Profile, RunStatus, Task, TaskSpec, TaskStatus, Verdict, WorkResult
-from .orchestrator import Orchestrator, sql
+from .orchestrator import Orchestrator, snapshot, sql
 from .run import Run
 from .workspace import Workspace, init_workspace
 
@@ -37,7 +37,7 @@ __all__ = [
     "InvalidTransition", "Models", "Orchestrator", "Outcome", "Profile", "ResolutionError", "Run",
     "MissingDependency", "RunBusyElsewhere", "RunStatus", "SchemaTooNew", "StoreBusy", "StoreError", "Task", "TaskSpec", "TaskStatus",
     "UnknownRun", "UnknownTask", "Verdict", "WorkResult", "Workspace", "WorkspaceError",
-    "WrongLoop", "init_workspace", "sql",
+    "WrongLoop", "init_workspace", "snapshot", "sql",
 ]
 
 

@@ -10,8 +10,10 @@ objective, and :func:`sql` over a store.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
+import pathlib
 import re
 import socket
 import uuid
@@ -26,7 +28,8 @@ from .engine.resume import build_engine, load_state, recover, settle_merges
 from .exceptions import InvalidInput, ResolutionError, RunBusyElsewhere, StoreBusy
 from .model import utcnow
 from .run import Run
-from .store import Store, default_path
+from .store import Store, default_path, retention
+from .store.snapshot import snapshot as store_snapshot
 from .workspace import Workspace
 
 log = logging.getLogger("agentorch_nb")
@@ -213,6 +216,30 @@ class Orchestrator:
         check_read_only(query, write)
         return self.store.query(query, params)
 
+    def snapshot(self, dest: str | os.PathLike) -> pathlib.Path:
+        """Write a consistent copy of this store (live runs included, as they are at this
+        moment) to the new DuckDB file ``dest``; any process may keep it open as long as it
+        likes, where a session on the live file holds the engine up."""
+        return store_snapshot(self.store, dest)
+
+    def prune(self, older_than: datetime.timedelta | str | None = None,
+              keep_last: int | None = None, dry_run: bool = False) -> list[str]:
+        """Remove finished runs with every row they have (their checkpoints included) and
+        shrink the file; return the run ids removed (with ``dry_run``: that would be).
+
+        ``older_than``: a timedelta or ``"30d"``, ``"12h"``...: runs finished longer ago.
+        ``keep_last``: keep the N newest runs. Give one or both (both: a run must be old and
+        not among the newest). A run an engine drives (in this process or, as its row says,
+        another live one) is never removed."""
+        found = retention.candidates(self.store, older_than, keep_last)
+        running = live.live_run_ids(self.store.path)
+        doomed = [r["run_id"] for r in found if r["run_id"] not in running
+                  and not (r["engine_address"] and remote.engine_alive(r, answer_timeout=5.0))]
+        if dry_run:
+            return doomed
+        gone = set(retention.delete_runs(self.store, doomed))
+        return [r for r in doomed if r in gone]
+
 
 def check_read_only(query: str, write: bool) -> None:
     """Refuse, before it runs, any statement of ``query`` that is not a query, unless the
@@ -249,3 +276,18 @@ def sql(query: str, params: list | None = None, *, store: str | os.PathLike | No
     else:
         target = Store.open(store, create=False)
     return target.query(query, params)
+
+
+def snapshot(dest: str | os.PathLike, store: str | os.PathLike | None = None) -> pathlib.Path:
+    """Write a consistent copy of a store (default: the one this process opened last, as
+    :func:`sql`) to the new DuckDB file ``dest``, and return its path.
+
+        ao.snapshot("postmortem.duckdb", store="ws/.agentorch/agentorch.duckdb")
+    """
+    if store is None:
+        if _last_store is None:
+            raise InvalidInput("no store to copy: pass store='path/to/agentorch.duckdb'")
+        target = _last_store
+    else:
+        target = Store.open(store, create=False)
+    return store_snapshot(target, dest)
