@@ -163,6 +163,20 @@ def build_parser() -> argparse.ArgumentParser:
     place(p)
     p.set_defaults(fn=commands.cleanup)
 
+    p = sub.add_parser("snapshot", help="a consistent copy of the store (live runs included) "
+                       "that any process may keep open")
+    p.add_argument("dest", metavar="DEST", help="the new DuckDB file")
+    place(p)
+    p.set_defaults(fn=commands.snapshot)
+
+    p = sub.add_parser("prune", help="remove finished runs (every row, checkpoints too) and "
+                       "shrink the store; a live run is never removed")
+    p.add_argument("--older-than", metavar="AGE", help="runs finished longer ago: 30d, 12h, ...")
+    p.add_argument("--keep-last", type=whole(0), metavar="N", help="keep the N newest runs")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed")
+    place(p)
+    p.set_defaults(fn=commands.prune)
+
     d = sub.add_parser("demo", help="run the offline demo objective on a throwaway git repository")
     d.add_argument("--workspace", help="git repository to use (default: a new temporary one)")
     d.add_argument("--objective", default=DEMO_OBJECTIVE)

@@ -9,7 +9,7 @@ import dataclasses
 import json
 import sys
 
-from .. import Orchestrator, sql
+from .. import Orchestrator, snapshot as copy_store, sql
 from ..config import Config
 from ..exceptions import InvalidInput, ResolutionError, UnknownRun
 from ..remote import default_source
@@ -28,6 +28,10 @@ def open_orch(args: argparse.Namespace, run_id: str | None = None, **kwargs) -> 
         if not len(rows):
             raise UnknownRun(run_id, args.store)
         workspace = rows.workspace[0]
+    elif workspace is None and args.store:  # the workspace of the store's newest run
+        rows = sql("select workspace from runs where workspace is not null "
+                   "order by created_at desc limit 1", store=args.store)
+        workspace = rows.workspace[0] if len(rows) else None
     return Orchestrator(workspace or ".", store=args.store, **kwargs)
 
 
@@ -214,4 +218,25 @@ def cleanup(args: argparse.Namespace) -> int:
         print(line)
     if not removed:
         print("nothing to clean up")
+    return EXIT_COMPLETED
+
+
+# ------------------------------------------------------------------ the store
+def snapshot(args: argparse.Namespace) -> int:
+    """A consistent copy of the store, live runs included, that any process may hold open."""
+    if args.store and not args.workspace:
+        path = copy_store(args.dest, store=args.store)
+    else:
+        path = open_orch(args).snapshot(args.dest)
+    print(path)
+    return EXIT_COMPLETED
+
+
+def prune(args: argparse.Namespace) -> int:
+    removed = open_orch(args).prune(older_than=args.older_than, keep_last=args.keep_last,
+                                    dry_run=args.dry_run)
+    for run_id in removed:
+        print(f"would remove {run_id}" if args.dry_run else f"removed {run_id}")
+    if not removed:
+        print("no run to remove")
     return EXIT_COMPLETED

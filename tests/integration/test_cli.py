@@ -257,3 +257,32 @@ def test_bad_arguments_are_refused_with_clear_messages(repo, tmp_path):
     out = cli("run", "--objective", "x", "--agents", agents("completing"), "--run-id", "run-known",
               cwd=repo)
     assert out.returncode == 2 and "is taken" in out.stderr
+
+
+@pytest.mark.slow
+def test_snapshot_and_prune(repo, tmp_path):
+    for name in ("run-old", "run-new"):
+        done = cli("run", "--objective", name, "--agents", agents("completing"), "--run-id", name,
+                   cwd=repo)
+        assert done.returncode == 0, done.stderr
+    copy = tmp_path / "copy.duckdb"
+    made = cli("snapshot", str(copy), cwd=repo)
+    assert made.returncode == 0 and made.stdout.strip() == str(copy) and copy.exists(), made.stderr
+    listed = cli("runs", "--store", str(copy), cwd=tmp_path)
+    assert "run-old" in listed.stdout and "run-new" in listed.stdout
+
+    dry = cli("prune", "--keep-last", "1", "--dry-run", cwd=repo)
+    assert dry.stdout.strip() == "would remove run-old", dry.stderr
+    assert "run-old" in cli("runs", cwd=repo).stdout
+    gone = cli("prune", "--keep-last", "1", cwd=repo)
+    assert gone.stdout.strip() == "removed run-old", gone.stderr
+    listed = cli("runs", cwd=repo).stdout
+    assert "run-old" not in listed and "run-new" in listed
+    assert "run-old" in cli("runs", "--store", str(copy), cwd=tmp_path).stdout  # the copy keeps it
+
+    for args, message in ((["prune"], "say which runs to remove"),
+                          (["prune", "--older-than", "soon"], "is not an age"),
+                          (["snapshot", str(copy)], "a snapshot is written to a new file only")):
+        out = cli(*args, cwd=repo)
+        assert out.returncode == 2 and message in out.stderr, (args, out.stderr)
+        no_traceback(out)
