@@ -9,6 +9,7 @@ cancelled, resumable); 130 Ctrl-C (cancelled, resumable).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..exceptions import (AgentorchError, CycleError, InvalidInput, MissingDependency, StoreError,
@@ -33,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except AgentorchError as exc:
         print(f"agentorch: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except BrokenPipeError:  # `agentorch runs | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
 
 

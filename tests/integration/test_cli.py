@@ -286,3 +286,25 @@ def test_snapshot_and_prune(repo, tmp_path):
         out = cli(*args, cwd=repo)
         assert out.returncode == 2 and message in out.stderr, (args, out.stderr)
         no_traceback(out)
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_the_run_cleanly_and_exits_130(repo):
+    import signal
+
+    job = subprocess.Popen([sys.executable, "-m", "agentorch_nb", "run", "--objective", "long",
+                            "--agents", agents("long"), "--run-id", "run-ctrlc"], cwd=repo, env=ENV,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for line in job.stdout:  # plain progress lines: wait until the long task runs
+            if "active: t1 long" in line:
+                break
+        job.send_signal(signal.SIGINT)
+        _, stderr = job.communicate(timeout=60)
+    finally:
+        job.kill()
+    assert job.returncode == 130, stderr
+    assert "run run-ctrlc cancelled (Ctrl-C); `agentorch resume run-ctrlc` continues it" in stderr
+    assert "Traceback" not in stderr
+    assert "run run-ctrlc: cancelled" in cli("status", "run-ctrlc", cwd=repo).stdout
