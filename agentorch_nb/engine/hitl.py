@@ -66,7 +66,8 @@ def resolve(engine: Engine, task_id: str, action: str, *, source: str = "api",
         _restart_budget(engine, task, "retry requested by a human")
     elif action == "abandon":
         _abandon(engine, task_id, drop_dependency=drop_dependency, cascade=cascade,
-                 reason="abandoned by a human")
+                 reason=f"abandoned by the {source[7:]} policy" if source.startswith("policy:")
+                 else "abandoned by a human")
         payload.update(drop_dependency=drop_dependency, cascade=cascade)
     else:
         res.new_task_id = _spawn(engine, task, title, description, acceptance_criteria,

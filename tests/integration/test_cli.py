@@ -127,6 +127,9 @@ def test_hitl_abandon_finishes_the_rest_and_names_what_it_abandoned(repo):
     rows = ao.sql("select task_id, action, source from resolutions where run_id = ?",
                   [result["run_id"]], store=repo / ".agentorch" / "agentorch.duckdb")
     assert rows.to_dict("records") == [{"task_id": "t2", "action": "abandon", "source": "policy:abandon"}]
+    why = ao.sql("select status_reason from tasks where run_id = ? and task_id = 't2'",
+                 [result["run_id"]], store=repo / ".agentorch" / "agentorch.duckdb")
+    assert why.status_reason[0] == "abandoned by the abandon policy"
 
 
 @pytest.mark.slow
