@@ -56,6 +56,15 @@ def test_demo_notebook_escalates_and_the_api_cell_answers(tmp_path):
     assert table.count("Write pytest tests") == 3 and "count_words('')" in table
     assert outputs(by_source["orch.dashboard()"])[0]["data"][WIDGET]
 
+    # At its end, the run in SQL over the task_timeline view, and as a Gantt chart that keeps
+    # both the interactive Vega-Lite and a static PNG (for GitHub and nbconvert).
+    timeline = outputs(by_source["# Where the time went: seconds in each status, per task"])
+    assert "awaiting_qa" in timeline[0]["data"]["text/html"] and "waiting_human" in \
+        timeline[0]["data"]["text/html"]
+    (gantt,) = outputs(by_source["from agentorch_nb import charts"])
+    assert gantt["data"]["text/plain"].startswith("<Chart gantt")
+    assert "application/vnd.vegalite.v5+json" in gantt["data"] and gantt["data"]["image/png"]
+
 
 @pytest.mark.slow
 def test_magics_start_inspect_and_query_runs(tmp_path, repo):
@@ -82,6 +91,13 @@ def test_magics_start_inspect_and_query_runs(tmp_path, repo):
             shell.run_line_magic("agentorch", "stat")
     finally:
         InteractiveShell.clear_instance()
+
+
+def test_every_notebook_is_executed_by_a_test():
+    """Each notebook under notebooks/ is run top to bottom by some integration test."""
+    tests = "".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py"))
+    untested = [nb.name for nb in sorted(NOTEBOOKS.glob("*.ipynb")) if f'"{nb.name}"' not in tests]
+    assert len(list(NOTEBOOKS.glob("*.ipynb"))) >= 2 and untested == []
 
 
 def test_importing_the_package_does_not_patch_asyncio():
