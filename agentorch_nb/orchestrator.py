@@ -269,13 +269,7 @@ def sql(query: str, params: list | None = None, *, store: str | os.PathLike | No
                store="ws/.agentorch/agentorch.duckdb")
     """
     check_read_only(query, write)
-    if store is None:
-        if _last_store is None:
-            raise InvalidInput("no store to query: pass store='path/to/agentorch.duckdb'")
-        target = _last_store
-    else:
-        target = Store.open(store, create=False)
-    return target.query(query, params)
+    return _store_or_last(store, "query").query(query, params)
 
 
 def snapshot(dest: str | os.PathLike, store: str | os.PathLike | None = None) -> pathlib.Path:
@@ -284,10 +278,13 @@ def snapshot(dest: str | os.PathLike, store: str | os.PathLike | None = None) ->
 
         ao.snapshot("postmortem.duckdb", store="ws/.agentorch/agentorch.duckdb")
     """
-    if store is None:
-        if _last_store is None:
-            raise InvalidInput("no store to copy: pass store='path/to/agentorch.duckdb'")
-        target = _last_store
-    else:
-        target = Store.open(store, create=False)
-    return store_snapshot(target, dest)
+    return store_snapshot(_store_or_last(store, "copy"), dest)
+
+
+def _store_or_last(store: str | os.PathLike | None, doing: str) -> Store:
+    """The store at ``store``, or the one this process opened last."""
+    if store is not None:
+        return Store.open(store, create=False)
+    if _last_store is None:
+        raise InvalidInput(f"no store to {doing}: pass store='path/to/agentorch.duckdb'")
+    return _last_store
