@@ -131,11 +131,22 @@ class StoreIndex:
             for ref in list(self._by_id.values()):
                 if ref.path not in self.configured and not os.path.exists(ref.path):
                     del self._by_id[ref.id]
+                    ref.close()
+            # Opening a store checks its file: done here, in a thread, not in a request.
+            await asyncio.to_thread(_open_all, list(self._by_id.values()))
             self._scanned_at = started
 
     def close(self) -> None:
         for ref in self._by_id.values():
             ref.close()
+
+
+def _open_all(refs: list[StoreRef]) -> None:
+    for ref in refs:
+        try:
+            ref.store  # noqa: B018 - opened (and kept) for later reads
+        except Exception as exc:  # noqa: BLE001 - a bad file is reported when it is read
+            log.debug("agentorch store %s cannot be opened: %s", ref.path, exc)  # GET /runs says
 
 
 def find_stores(root: str, depth: int) -> list[str]:
