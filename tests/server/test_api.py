@@ -251,3 +251,17 @@ def test_job_notebooks_go_beside_the_workspace_or_out_of_git_when_it_is_the_root
     status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True,
                             text=True, check=True).stdout
     assert "agentorch-runs" not in status
+
+
+async def test_a_damaged_store_is_reported_and_the_others_still_served(api, paused_run, jp_root_dir,
+                                                                       ao_app):
+    bad = jp_root_dir / "broken" / ".agentorch" / "agentorch.duckdb"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not a database at all")
+    await ao_app.index.scan()  # the next walk finds it
+    code, page = await api("GET", "runs")
+    assert code == 200 and [r["id"] for r in page["runs"]] == [paused_run.id]
+    (problem,) = page["unavailable"]
+    assert "not a DuckDB database" in problem["message"]
+    code, queue = await api("GET", "interrupts")
+    assert code == 200 and len(queue["interrupts"]) == 1 and len(queue["unavailable"]) == 1
