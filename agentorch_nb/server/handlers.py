@@ -163,8 +163,8 @@ class Handler(ExtensionHandlerMixin, APIHandler):
                 if yes:
                     self.ao.run_stores[run_id] = ref.id
                     return ref
-            if attempt == 0:
-                await self.ao.index.scan()  # a store made since the last walk
+            if attempt == 0:  # a store made since the last walk (at most one walk per FRESH s)
+                await self.ao.index.fresh(FRESH)
         raise ApiError(404, f"unknown run {run_id!r}")
 
     async def _has_run(self, ref: StoreRef, run_id: str) -> bool:
