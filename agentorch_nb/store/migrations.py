@@ -121,8 +121,33 @@ def _v6_views(con) -> None:
     con.execute(resources.files(__package__).joinpath("views.sql").read_text())
 
 
+def _v7_engine_channels(con) -> None:
+    """The authenticated channel of a live engine (``engine/inbox.py``, ``remote.py``).
+
+    engine_channels  one row per run an engine drives now: its wake-up address (the same as
+                     ``runs.engine_address``) and the random token a request on that address
+                     must carry. Whoever can read the store may steer and read the live run,
+                     exactly as they could by writing a ``commands`` row; nobody else learns
+                     the token (the REST API selects explicit columns of ``runs`` and never
+                     this table). A table of its own, not a column of ``runs``: the engine
+                     rewrites its run's row whole, and the token must not travel in the
+                     change notices the store sends for ``runs``.
+    """
+    con.execute(
+        """
+        create table if not exists engine_channels (
+            run_id      varchar primary key,
+            address     varchar not null,   -- 127.0.0.1:port, as in runs.engine_address
+            token       varchar not null,   -- secrets.token_hex(32) of that engine
+            pid         integer,
+            created_at  timestamp not null
+        )
+        """
+    )
+
+
 MIGRATIONS: list[Callable] = [_v1_initial, _v2_checkpoints, _v3_guardian, _v4_attempt_diffs,
-                              _v5_crash_safety, _v6_views]
+                              _v5_crash_safety, _v6_views, _v7_engine_channels]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
