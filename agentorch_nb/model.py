@@ -9,6 +9,7 @@ agentorch_nb.exceptions.InvalidTransition: task 't1' cannot move from 'complete'
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as _dt
 from dataclasses import dataclass, field
@@ -157,11 +158,10 @@ class Task:
         return task_markdown(self)
 
     def copy(self) -> Task:
-        return dataclasses.replace(
-            self,
-            acceptance_criteria=list(self.acceptance_criteria),
-            depends_on=list(self.depends_on),
-        )
+        twin = copy.copy(self)
+        twin.acceptance_criteria = list(self.acceptance_criteria)
+        twin.depends_on = list(self.depends_on)
+        return twin
 
 
 @dataclass

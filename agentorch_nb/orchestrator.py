@@ -69,6 +69,7 @@ class Orchestrator:
             store = default_path(self.workspace)
         self.store = Store.open(store, lock_timeout=self.config.lock_timeout,
                                 flush_interval=self.config.flush_interval)
+        self.store.flush_future()  # opens (creates, migrates) the file in its thread meanwhile
         _last_store = self.store
 
     def __repr__(self) -> str:

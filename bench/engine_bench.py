@@ -89,6 +89,11 @@ PROBE_PERIOD = 0.005
 MAKESPAN_N = 60
 LAT_LO, LAT_HI = 0.02, 0.12
 ERRORS: list[str] = []
+STALLS: list[float] = []  # longest loop stall (ms) of every engine run
+# The goals this bench checks (printed at the end with the figures measured).
+GOAL_MS_PER_TASK = 0.5  # engine ms per task at the largest size
+GOAL_STALL_MS = 50.0  # longest loop stall in any engine run, planning or dispatching
+GOAL_SPAN_RATIO = 1.06  # mean makespan / list-scheduling bound
 
 
 # ----------------------------------------------------------------- lag probe
@@ -144,14 +149,14 @@ class StoreMeter:
 
         def _run(self, batch):
             t = time.perf_counter()
+            writes = batch.has_writes()  # _run empties the batch
             try:
                 return run(self, batch)
             finally:
                 took = time.perf_counter() - t
                 meter.busy += took
                 meter.longest = max(meter.longest, took)
-                if batch.has_writes():
-                    meter.batches += 1
+                meter.batches += writes
 
         def _connect(self):
             meter.connects += 1
@@ -299,6 +304,7 @@ async def engine_run(tmp: Path, tag: str, specs: list[ao.TaskSpec],
         worker = TestWorker(latency=timed)
     orch = ao.Orchestrator(workspace=repo, config=ao.Config(max_concurrent_workers=WORKERS),
                            agents=Agents(TestDirector(specs), worker, TestStrategist(reject=mark_end)))
+    orch.store.flush_sync()  # a new store file is created and migrated before the run, once
     gc.collect()
     b0, busy0, c0 = METER.snapshot()
     METER.longest = 0.0
@@ -323,6 +329,7 @@ async def engine_run(tmp: Path, tag: str, specs: list[ao.TaskSpec],
                    + (f": {summary['error']}" if summary.get("error") else ""))
             ERRORS.append(msg)
             print(msg, flush=True)
+        STALLS.append(probe.stats()[2])
         result.update(
             status=str(status), wall=t1 - t0, lag=probe.stats(),
             first=min(ends.values(), default=t1) - t0,
@@ -362,7 +369,7 @@ async def idle_floor(seconds: float = 0.5) -> tuple[float, float, float]:
     return probe.stats()
 
 
-async def overhead_section(tmp: Path, sizes: list[tuple[int, int]]) -> None:
+async def overhead_section(tmp: Path, sizes: list[tuple[int, int]]) -> dict[int, tuple]:
     """``sizes``: (tasks, repeats). One row per engine run; the baseline is the median of
     five runs (it takes milliseconds)."""
     rows, lag_rows = [], []
@@ -409,6 +416,7 @@ async def overhead_section(tmp: Path, sizes: list[tuple[int, int]]) -> None:
         print(f"  per-task overhead {verdict}: {med[lo][0] * 1e3:.2f} ms at {lo:,} tasks -> "
               f"{med[hi][0] * 1e3:.2f} ms at {hi:,} ({growth:.2f}x; plan part "
               f"{med[hi][1] / med[lo][1]:.2f}x, dispatch part {med[hi][2] / med[lo][2]:.2f}x)")
+    overhead_section.medians = med
     table(["tasks", "run", "lag p50 ms", "p99 ms", "max ms", "max in plan ms",
            "max in dispatch ms", "samples"],
           lag_rows, f"LOOP LAG during those runs (a {PROBE_PERIOD * 1e3:.0f} ms sleep on the run's "
@@ -436,6 +444,7 @@ async def makespan_section(tmp: Path, seeds: list[int]) -> None:
             f(ready_to_start(specs, bs, be) * 1e3, ".1f"),
             *(f(x, ".1f") for x in r["lag"]),
         ])
+    makespan_section.mean_ratio = statistics.mean(ratios)
     rows.append(["mean", "", "", "", "", "", f(statistics.mean(ratios)),
                  f(statistics.mean(wall_ratios)), f(statistics.mean(base_ratios)),
                  "", "", "", "", "", ""])
@@ -481,6 +490,15 @@ async def main(args: argparse.Namespace) -> None:
             await profile_section(tmp)
     print(f"\nLOOP LAG FLOOR (probe alone on an idle loop): p50 {idle[0]:.2f} ms, "
           f"p99 {idle[1]:.2f} ms, max {idle[2]:.2f} ms")
+    largest = max(overhead_section.medians)
+    per_task = overhead_section.medians[largest][0] * 1e3
+    stall, span = max(STALLS), makespan_section.mean_ratio
+    verdict = lambda ok: "met" if ok else "MISSED"  # noqa: E731
+    print(f"GOALS: engine {per_task:.2f} ms/task at {largest:,} tasks (goal <= "
+          f"{GOAL_MS_PER_TASK}: {verdict(per_task <= GOAL_MS_PER_TASK)}); longest loop stall "
+          f"{stall:.1f} ms over {len(STALLS)} engine runs (goal <= {GOAL_STALL_MS:.0f}: "
+          f"{verdict(stall <= GOAL_STALL_MS)}); makespan/bound {span:.3f} (goal <= "
+          f"{GOAL_SPAN_RATIO}: {verdict(span <= GOAL_SPAN_RATIO)})")
     if not METER.ok:
         print("note: Store._run/_connect not found, so commits and store busy time are n/a")
     print(f"bench took {time.perf_counter() - t0:.1f} s; "

@@ -113,15 +113,16 @@ class AttemptLifecycle:
             # Until its writes are on disk and its worktree released, the attempt keeps the
             # run from settling (a run that ends cleans up its worktrees).
             self._finishing.add(tid)
+            if task.status == S.COMPLETE:
+                # Dependents may start at once: the store commits in the order things were
+                # written, so no commit can hold a dependent's start without this
+                # completion, and every git step of theirs waits for a commit first.
+                for done in [tid, *self._integrated.pop(tid, [])]:
+                    self.mark_dirty(*self.graph.dependents(done))
             self.wake()  # the free slot can go to a task that is ready already
             try:
-                # A finished attempt is on disk before anything acts on it.
-                await asyncio.shield(self.store.flush())
-                if task.status == S.COMPLETE:
-                    for done in [tid, *self._integrated.pop(tid, [])]:
-                        self.mark_dirty(*self.graph.dependents(done))
-                self.wake()
-                if self.integration is not None:
+                await asyncio.shield(self.store.committed())
+                if self.integration is not None and self.integration.holds(tid, attempt.number):
                     # Work a merge task integrates keeps its branch: the commit must stay
                     # reachable (and git gc must not take it) until the merge lands.
                     await asyncio.shield(self.integration.release(

@@ -41,6 +41,7 @@ from ..store import Store
 from ..store.sharing import Busy
 from ..store.records import interrupt_row
 from .attempts import AttemptLifecycle
+from .heap import HEAP
 from .planning import Planning
 from .recording import Recording
 from .integration import Integration
@@ -51,7 +52,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("agentorch_nb.engine")
 S = TaskStatus
-
+# Ended attempts whose writes are not committed yet, per worker, beyond which no attempt
+# starts: while another process holds the store, the queue of writes stays bounded.
+FINISHING_PER_WORKER = 64
+STEP_SLICE = 500  # tasks whose readiness one step looks at
 
 
 class Engine(Recording, Planning, AttemptLifecycle):
@@ -124,6 +128,11 @@ class Engine(Recording, Planning, AttemptLifecycle):
             self.error = error
         self.save_run()
         self._notify()
+
+    def keep_heap(self) -> None:
+        """Keep what the heap holds now out of the collector's sweeps while the run is live
+        (see :mod:`.heap`)."""
+        HEAP.hold(self)
 
     def mark_dirty(self, *task_ids: str) -> None:
         """These tasks' readiness may have changed: the next step looks at them."""
@@ -222,10 +231,7 @@ class Engine(Recording, Planning, AttemptLifecycle):
         """Longest chain of work still behind a task: start those first (list scheduling
         by critical path gets close to the best makespan)."""
         if self._priority is None:
-            height: dict[str, int] = {}
-            for t in reversed(self.graph.topological_order()):
-                height[t] = 1 + max((height[d] for d in self.graph.dependents(t)), default=0)
-            self._priority = height
+            self._priority = self.graph.heights()
         return self._priority.get(task_id, 1)
 
     def counts(self) -> dict[str, int]:
@@ -236,6 +242,7 @@ class Engine(Recording, Planning, AttemptLifecycle):
         self.loop = loop
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
+        self.store.bind(loop)
         self.store.busy_listeners.append(self._on_store_busy)
         self._main_task = loop.create_task(self._main(), name=f"agentorch:{self.run_id}")
         return self._main_task
@@ -271,16 +278,21 @@ class Engine(Recording, Planning, AttemptLifecycle):
         try:
             for hook in self.on_start:
                 await hook(self)
+            self.keep_heap()
             if not self.planned:
                 await self._plan()
+                self.keep_heap()
             while not self.status.finished:
                 self._wake.clear()
                 if self._fatal is not None:
                     raise self._fatal
-                self._step()
+                more = self._step()
                 if self.status.finished:
                     break
-                await self._wake.wait()
+                if more:  # a big step goes on in the next turn: the loop has its turn first
+                    await asyncio.sleep(0)
+                else:
+                    await self._wake.wait()
         except asyncio.CancelledError:
             await self._stop_workers(Interruption.CANCELLED)
             if not self.status.finished:
@@ -291,6 +303,7 @@ class Engine(Recording, Planning, AttemptLifecycle):
             await self._stop_workers(Interruption.CANCELLED)
             self.set_run_status(RunStatus.FAILED, f"{type(exc).__name__}: {exc}")
         finally:
+            HEAP.let_go(self)
             pending = [t for t in self._attempt_tasks if not t.done()]
             if pending:  # stopped attempts still recording their end: let them finish first
                 await asyncio.wait(pending, timeout=60)
@@ -306,11 +319,16 @@ class Engine(Recording, Planning, AttemptLifecycle):
                 self.store.busy_listeners.remove(self._on_store_busy)
             self._notify()
 
-    def _step(self) -> None:
+    def _step(self) -> bool:
+        """One step; True when tasks whose readiness may have changed are left for the
+        next (at most STEP_SLICE are looked at per step, so the loop keeps its turns)."""
         if self._dirty:
-            dirty, self._dirty = self._dirty, set()
-            status = {t: task.status for t, task in self.tasks.items()}
-            ready, orphaned = self.graph.readiness(status, dirty)
+            if len(self._dirty) <= STEP_SLICE:
+                dirty, self._dirty = self._dirty, set()
+            else:
+                dirty = set(sorted(self._dirty, key=natural_key)[:STEP_SLICE])
+                self._dirty -= dirty
+            ready, orphaned = self.graph.readiness(lambda t: self.tasks[t].status, dirty)
             for tid in ready:
                 self.move(tid, S.READY)
             for tid, gone in orphaned:
@@ -324,7 +342,9 @@ class Engine(Recording, Planning, AttemptLifecycle):
         if (self.status in (RunStatus.RUNNING, RunStatus.PAUSED) and not self.budget_hold
                 and self.store_busy is None):
             held = []
-            while self._ready and len(self.running) < self.config.max_concurrent_workers:
+            limit = self.config.max_concurrent_workers
+            while (self._ready and len(self.running) < limit
+                   and len(self._finishing) < FINISHING_PER_WORKER * limit):
                 entry = heapq.heappop(self._ready)
                 task = self.tasks[entry[2]]
                 if task.status != S.READY:
@@ -336,6 +356,7 @@ class Engine(Recording, Planning, AttemptLifecycle):
             for entry in held:
                 heapq.heappush(self._ready, entry)
         self._settle()
+        return bool(self._dirty)
 
     def _settle(self) -> None:
         if self.status.finished:

@@ -129,6 +129,10 @@ class Integration:
                                  status=row["status"], source_sha=intent["source_sha"],
                                  result_sha=row.get("result_sha"))
 
+    def holds(self, task_id: str, attempt: int) -> bool:
+        """Does this attempt have a worktree to release?"""
+        return (task_id, attempt) in self.active
+
     async def release(self, task: Task, attempt: int, approved: bool,
                       keep_branch: bool = False) -> None:
         """An attempt ended: an approved one's worktree goes at once (its branch too, unless

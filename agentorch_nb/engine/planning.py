@@ -13,55 +13,66 @@ import logging
 from ..dag import natural_key
 from ..exceptions import InvalidInput, UnknownTask
 from ..model import Profile, Task, TaskSpec, TaskStatus
+from ..store.records import task_row
 from .protocols import Context
 
 log = logging.getLogger("agentorch_nb.engine")
 S = TaskStatus
+PLAN_SLICE = 500  # tasks built per turn of the loop while a big plan is checked
 
 
 class Planning:
     def add_tasks(self, specs: list[TaskSpec], created_by: str) -> list[Task]:
         """Add tasks to the graph, all or none: unknown dependencies and cycles are refused."""
+        new = self._new_tasks(specs, created_by, self._keys(specs))
+        self._add_to_graph(new)
+        self._register(new, created_by)
+        return new
+
+    def _keys(self, specs: list[TaskSpec]) -> dict[str, str]:
+        """Each spec's key (or its id) -> the id it gets, checking titles and profiles."""
         ids: dict[str, str] = {}
-        new: list[Task] = []
         for i, spec in enumerate(specs):
             if not spec.title or not spec.title.strip():
                 raise InvalidInput(f"task {i + 1} of {len(specs)} has no title")
             try:
-                profile = Profile(spec.profile)
+                Profile(spec.profile)
             except ValueError:
                 raise InvalidInput(
                     f"unknown profile {spec.profile!r}; use one of {[p.value for p in Profile]}"
                 ) from None
             tid = f"t{self._next_task + i}"
             ids[spec.key or tid] = tid
-            new.append(Task(
-                id=tid, run_id=self.run_id, title=spec.title.strip(), description=spec.description,
-                acceptance_criteria=list(spec.acceptance_criteria), profile=profile,
-                phase=spec.phase,
-                max_retries=self.config.max_retries if spec.max_retries is None else spec.max_retries,
-                created_by=created_by,
-            ))
+        return ids
+
+    def _new_tasks(self, specs: list[TaskSpec], created_by: str, ids: dict[str, str],
+                   first: int = 0) -> list[Task]:
+        """Tasks for ``specs`` (the ``first``-th spec onwards), dependencies resolved."""
         new_ids = set(ids.values())
-        for spec, task in zip(specs, new):
-            deps = []
+        out = []
+        for i, spec in enumerate(specs, start=first):
+            deps = set()
             for d in spec.depends_on:
                 dep = ids.get(d, d)
                 if dep not in self.tasks and dep not in new_ids:
                     raise UnknownTask(d, self.run_id)
-                deps.append(dep)
-            task.depends_on = sorted(set(deps), key=natural_key)
-        for task in new:
-            self.graph.add_task(task.id)
-        try:
-            for task in new:
-                for dep in task.depends_on:
-                    self.graph.add_dependency(task.id, dep)
-        except Exception:
-            for task in new:
-                self.graph.remove_task(task.id)
-            raise
+                deps.add(dep)
+            out.append(Task(
+                id=f"t{self._next_task + i}", run_id=self.run_id, title=spec.title.strip(),
+                description=spec.description, acceptance_criteria=list(spec.acceptance_criteria),
+                profile=Profile(spec.profile), phase=spec.phase,
+                max_retries=self.config.max_retries if spec.max_retries is None else spec.max_retries,
+                created_by=created_by, depends_on=sorted(deps, key=natural_key),
+            ))
+        return out
+
+    def _add_to_graph(self, new: list[Task]) -> None:
+        self.graph.add_new({t.id: t.depends_on for t in new})
         self._next_task += len(new)
+        self._priority = None
+
+    def _register(self, new: list[Task], created_by: str) -> None:
+        """The tasks are the run's: counted, recorded, queued for readiness."""
         for task in new:
             self.tasks[task.id] = task
             self.attempts[task.id] = []
@@ -70,13 +81,12 @@ class Planning:
                 self._plan_counts[task.status] += 1
                 self._review_wanted = True
             self.record_event("task_created", task.id, title=task.title, profile=task.profile,
-                       depends_on=task.depends_on, created_by=created_by)
-            self.save_task(task)
+                              depends_on=task.depends_on, created_by=created_by)
+            task.updated_at = task.created_at
+            self.store.upsert("tasks", task_row(task))
             self.store.set_deps(self.run_id, task.id, task.depends_on)
             self._dirty.add(task.id)
-        self._priority = None
         self._notify()
-        return new
 
     def _merge_task_gone(self, merge_id: str) -> None:
         """A merge task was abandoned: the work it was to integrate is a failed attempt."""
@@ -92,9 +102,28 @@ class Planning:
             specs = await self.agents.director.plan(self.objective, ctx)
         if not specs:
             raise InvalidInput("the Director produced no tasks for this objective")
-        self.add_tasks(list(specs), created_by="director")
-        self.planned = True
-        self.record_event("planned", None, tasks=len(specs))
+        # A plan of thousands of tasks is checked and built in slices that give the loop
+        # its turns; then it joins the run in one step, so the store gets it whole.
+        specs, new = list(specs), []
+        ids = self._keys(specs)
+        for first in range(0, len(specs), PLAN_SLICE):
+            new += self._new_tasks(specs[first:first + PLAN_SLICE], "director", ids, first)
+            self.keep_heap()
+            await asyncio.sleep(0)
+        self._add_to_graph(new)
+        cancelled = None
+        with self.store.one_unit():  # a crash leaves all of the plan in the store, or none
+            for first in range(0, len(new), PLAN_SLICE):
+                if cancelled is None:
+                    try:
+                        await asyncio.sleep(0)
+                    except asyncio.CancelledError as exc:  # the plan still lands whole
+                        cancelled = exc
+                self._register(new[first:first + PLAN_SLICE], "director")
+            self.planned = True
+            self.record_event("planned", None, tasks=len(specs))
+        if cancelled is not None:
+            raise cancelled
         await self.store.flush()
 
     # The Director may review the graph once planning is done (``review`` is optional in its

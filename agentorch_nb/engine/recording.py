@@ -38,7 +38,7 @@ class Recording:
     def save_task(self, task: Task) -> None:
         """Write the task's current row (queued; on disk at the next flush)."""
         task.updated_at = utcnow()
-        self.store.upsert("tasks", task_row(task))
+        self.store.upsert_later("tasks", (self.run_id, task.id), lambda: task_row(task))
 
     def save_attempt(self, a: Attempt) -> None:
         self.store.upsert("attempts", attempt_row(a))

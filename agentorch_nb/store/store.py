@@ -1,5 +1,8 @@
 """The DuckDB store: one file, reached through one thread per process.
 
+(This is kept in one module: the write queue, the thread that drains it and the handling of a file
+another process holds are one piece of concurrency, easier to check read together.)
+
 DuckDB lets one process at a time hold a database file open, and a process that holds it
 blocks every other process, readers included. So no connection here lives long: the store's
 thread opens the file for a batch of work, does it in one transaction and lets go, and a
@@ -8,8 +11,10 @@ lets a second notebook, the server extension or the ``duckdb`` CLI read a live r
 commands into it. ``docs/architecture.md`` gives the numbers behind this choice.
 
 Writes are queued without waiting (``append``, ``upsert``, ``set_deps``) and committed in
-batches; ``await store.flush()`` returns once everything queued before it is on disk.
-Reads are functions run in the store's thread with a connection: ``await store.call(fn)``.
+batches; ``await store.flush()`` returns once everything queued before it is on disk, and
+``await store.committed()`` once it is committed on the store's own schedule. Writes made on
+an engine's loop (``bind``) travel per turn of the loop (``store/turns.py``). Reads are
+functions run in the store's thread with a connection: ``await store.call(fn)``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from .notify import Notifier
 from .batch import KEYS, TIMED, Batch
 from .sharing import Busy, check_file, lock_error, touch
 from .sqlutil import dicts, transaction
+from .turns import LoopTurns
 
 log = logging.getLogger("agentorch_nb.store")
 T = TypeVar("T")
@@ -111,6 +117,8 @@ class Store:
         self._migrated = False
         # Tells listening Jupyter servers what each commit changed (store/notify.py).
         self.notifier = Notifier(path) if path != MEMORY else None
+        self._turns = LoopTurns(self._enqueue)
+        self._waiting: dict[tuple, asyncio.Future] = {}  # committed(): one per commit and loop
         self._thread = threading.Thread(target=self._serve, name="agentorch-store", daemon=True)
         self._thread.start()
         atexit.register(self.close)
@@ -123,10 +131,24 @@ class Store:
         return self._closed
 
     # ----------------------------------------------------------------- writes
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Writes made on ``loop`` reach the store a whole turn of the loop at a time, so a
+        batch never holds half of what one engine step wrote (``store/turns.py``)."""
+        self._turns.bind(loop)
+
+    def one_unit(self):
+        """Context manager, on a bound loop: what is written inside reaches the store as one
+        unit however many turns of the loop it spans (a big plan, added in slices)."""
+        return self._turns.one_unit()
+
     def append(self, table: str, row: dict[str, Any]) -> None:
         """Queue one row for an append-only table; ``ts`` defaults to now."""
         if table in TIMED and row.get("ts") is None:
             row = {**row, "ts": utcnow()}
+        turn = self._turns.current()
+        if turn is not None:
+            turn.appends.setdefault(table, []).append(row)
+            return
         with self._cond:
             self._batch.appends.setdefault(table, []).append(row)
             self._cond.notify()
@@ -134,23 +156,49 @@ class Store:
     def upsert(self, table: str, row: dict[str, Any]) -> None:
         """Queue the whole current row of a keyed table (``KEYS``)."""
         key = tuple(row[k] for k in KEYS[table])
+        turn = self._turns.current()
+        if turn is not None:
+            turn.upserts.setdefault(table, {})[key] = row
+            return
         with self._cond:
             self._batch.upserts.setdefault(table, {})[key] = row
             self._cond.notify()
 
+    def upsert_later(self, table: str, key: tuple, build: Callable[[], dict[str, Any]]) -> None:
+        """Queue the row ``build()`` returns; on a bound loop it is built once per turn."""
+        if not self._turns.upsert_later(table, key, build):
+            self.upsert(table, build())
+
     def set_deps(self, run_id: str, task_id: str, depends_on: list[str]) -> None:
         """Queue the full dependency list of one task."""
+        turn = self._turns.current()
+        if turn is not None:
+            turn.deps[(run_id, task_id)] = list(depends_on)
+            return
         with self._cond:
             self._batch.deps[(run_id, task_id)] = list(depends_on)
             self._cond.notify()
 
-    def flush_future(self) -> cf.Future:
+    def _enqueue(self, turn: Batch) -> None:
+        with self._cond:
+            self._batch.then(turn)
+            self._cond.notify()
+
+    def flush_future(self, *, early: bool = True) -> cf.Future:
+        """Settled once everything queued before is committed; ``early=False`` waits for the
+        store's own schedule instead of asking for a commit now."""
+        self._turns.hand_over()
         fut: cf.Future = cf.Future()
         with self._cond:
             if self._closed:
                 fut.set_result(None)
                 return fut
-            self._batch.flushes.append(fut)
+            if early:
+                self._batch.flushes.append(fut)
+            elif self._batch.waiters:  # the same commit settles them all: share one
+                return self._batch.waiters[-1]
+            else:
+                self._batch.waiters.append(fut)
             self._cond.notify()
         return fut
 
@@ -158,12 +206,25 @@ class Store:
         """Return once every write queued before this call is committed."""
         await asyncio.wrap_future(self.flush_future())
 
+    def committed(self) -> asyncio.Future:
+        """Awaitable: done once every write queued before this call is committed, at the
+        store's next batch (within ``flush_interval``) rather than in a commit of its own.
+        Callers on one loop waiting for the same commit share one future (one wake-up from
+        the store's thread); shield it to cancel a wait without cancelling it for others."""
+        key = (self.flush_future(early=False), asyncio.get_running_loop())
+        waiting = self._waiting.get(key)
+        if waiting is None:
+            waiting = self._waiting[key] = asyncio.wrap_future(key[0])
+            waiting.add_done_callback(lambda _: self._waiting.pop(key, None))
+        return waiting
+
     def flush_sync(self, timeout: float | None = None) -> None:
         self.flush_future().result(timeout)
 
     # ------------------------------------------------------------------ reads
     def submit(self, fn: Callable[[Any], T]) -> cf.Future:
         """Run ``fn(connection)`` in the store thread, after the writes queued before it."""
+        self._turns.hand_over()
         fut: cf.Future = cf.Future()
         with self._cond:
             if self._closed:
@@ -191,6 +252,7 @@ class Store:
 
     # -------------------------------------------------------------- lifecycle
     def close(self) -> None:
+        self._turns.hand_over_all()
         with self._cond:
             if self._closed:
                 return
@@ -218,14 +280,18 @@ class Store:
         held_since = None
         while True:
             with self._cond:
-                if self._batch.empty() and not self._closed and self._con is not None:
+                idle = self._batch.empty() and not self._closed and self._con is not None
+                if idle:
                     # Opening the file costs ~15 ms: keep it a moment in case more work
                     # follows at once (a run of checkpoint reads, a burst of events)...
                     self._cond.wait(IDLE_SECONDS)
-                    if self._batch.empty() and not self._closed:
-                        # ...then let other processes have it.
-                        self._release()
-                        held_since = None
+                    idle = self._batch.empty() and not self._closed
+            if idle:
+                # ...then let other processes have it. Closing (DuckDB checkpoints) takes
+                # tens of ms: never while holding the queue's lock, which writers take.
+                self._release()
+                held_since = None
+            with self._cond:
                 if self._batch.empty() and not self._closed:
                     self._cond.wait()
                 # Writes alone may linger a little to travel with company; a flush or a
@@ -268,12 +334,12 @@ class Store:
                     held_since = None
                     for _, fut, _ in batch.calls:
                         _settle(fut, exc=exc)
-                    for fut in batch.flushes:
+                    for fut in batch.flushes + batch.waiters:
                         _settle(fut, exc=exc)
             if closing:
                 with self._cond:
                     leftover, self._batch = self._batch, Batch()
-                for fut in leftover.flushes + [f for _, f, _ in leftover.calls]:
+                for fut in leftover.flushes + leftover.waiters + [f for _, f, _ in leftover.calls]:
                     _settle(fut, exc=InvalidInput("store closed"))
                 self._release(final=True)
                 return
@@ -396,9 +462,9 @@ class Store:
                 except BaseException as exc:  # noqa: BLE001 - the caller gets it
                     fut.set_exception(exc)
             batch.calls.pop(0)
-        for fut in batch.flushes:
+        for fut in batch.flushes + batch.waiters:
             _settle(fut)
-        batch.flushes = []
+        batch.flushes, batch.waiters = [], []
 
 
 class _Contended(Exception):

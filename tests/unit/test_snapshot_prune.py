@@ -11,6 +11,7 @@ import pytest
 import agentorch_nb as ao
 from agentorch_nb import TaskSpec
 from agentorch_nb.model import utcnow
+from agentorch_nb.store import SCHEMA_VERSION
 from agentorch_nb.store.retention import file_size, parse_age
 from agentorch_nb.testing import TestWorker
 
@@ -71,7 +72,7 @@ async def test_a_snapshot_is_a_whole_copy_with_the_views(orch_factory, tmp_path)
         assert views >= {"task_timeline", "critical_path", "llm_costs"}
         assert con.execute("select count(*) from critical_path where run_id = ?",
                            [rid]).fetchone() == (2,)
-        assert con.execute("select max(version) from schema_version").fetchone() == (6,)
+        assert con.execute("select max(version) from schema_version").fetchone() == (SCHEMA_VERSION,)
     finally:
         con.close()
     # the snapshot is a store in its own right

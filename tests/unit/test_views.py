@@ -69,8 +69,7 @@ def test_a_version_5_store_migrates_to_6_and_gets_the_views(tmp_path):
 
     s = Store.open(path)
     try:
-        assert SCHEMA_VERSION == 6
-        assert rows(s, "select max(version) as v from schema_version") == [{"v": 6}]
+        assert rows(s, "select max(version) as v from schema_version") == [{"v": SCHEMA_VERSION}]
         views = {r["view_name"] for r in rows(s, "select view_name from duckdb_views() "
                                                  "where not internal")}
         assert views == set(VIEWS)

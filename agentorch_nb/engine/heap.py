@@ -1,0 +1,47 @@
+"""Big runs and the cyclic garbage collector.
+
+While runs are live, what the heap held once they were planned (their tasks and graph, and
+everything imported) is kept out of the cyclic collector's sweeps (``gc.freeze``): a full
+sweep otherwise walks every task of a big run and stops the loop for tens of milliseconds
+each time (5,000 tasks: 40-90 ms on a 2-core machine). Objects are still freed by reference
+counting as ever; only cycles among them wait until a second after the last run ends
+(``gc.unfreeze``), when the heap is the collector's again.
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .dispatch import Engine
+
+THAW_AFTER = 1.0  # seconds after the last run ends before the heap is swept whole again
+
+
+class FrozenHeap:
+    """Which engines keep the heap frozen; the last to end thaws it."""
+
+    def __init__(self) -> None:
+        self.engines: set[int] = set()
+
+    def hold(self, engine: Engine) -> None:
+        self.engines.add(id(engine))
+        gc.freeze()
+
+    def let_go(self, engine: Engine) -> None:
+        """The run ended. A second later, if no run holds it, the heap is the collector's
+        again (its next full sweep walks all of it: not while a run is finishing)."""
+        if id(engine) in self.engines:
+            self.engines.discard(id(engine))
+            if not self.engines and engine.loop is not None and not engine.loop.is_closed():
+                engine.loop.call_later(THAW_AFTER, self._thaw)
+            elif not self.engines:
+                gc.unfreeze()
+
+    def _thaw(self) -> None:
+        if not self.engines:
+            gc.unfreeze()
+
+
+HEAP = FrozenHeap()
