@@ -5,11 +5,19 @@ DuckDB file as the runs it belongs to, so one file holds everything a notebook o
 ``duckdb`` CLI may want to look at (``select metadata->>'step' from checkpoints``), and the
 state survives the process like the rest of a run.
 
-The saver never touches DuckDB itself. Each operation is a function run in the store's
-thread (``Store.call``), so it inherits the store's rules: short-lived connections, waiting
-for a file another process holds, one writer per process. Serialising and deserialising
-happen in the caller's thread instead, so the file is held only for the SQL (most of which
-is in ``checkpoint_sql.py``).
+The saver never touches DuckDB itself, and a put does not wait for it: serialising happens
+in the caller's thread, then the rows join the store's batches through the store's
+checkpoint journal (``checkpoint_cache.py``), which writes everything queued in one
+transaction per batch in the store's thread, and answers gets of what this process put or
+read from memory, in LRU order within ``cache_bytes``. A get sees every put made before it
+(read-your-writes), ``await store.flush()`` after a put returns once it is on disk, and what
+cannot be written yet (another process holds the file) stays queued in memory until it can.
+A crash loses only what was put since the last write committed. The write is queued with
+the first put and runs as soon as the store's thread is free, not after the store's 50 ms
+linger: at a worker's pace (one checkpoint and one task's writes per LLM round trip) that is
+the step being taken, which the engine runs again anyway when it retries the attempt. Under a
+flood of puts the queue trails by the time needed to write it (about 0.2 ms a graph step),
+and while another process holds the file it keeps everything put since.
 
 Channel values are stored once per channel version (``checkpoint_blobs``), not once per
 checkpoint: a large channel that does not change costs nothing in later checkpoints. For
@@ -22,6 +30,7 @@ Table and column names are documented in ``migrations._v2_checkpoints``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
 import json
 import os
 import secrets
@@ -46,9 +55,10 @@ from langgraph.checkpoint.base import (
 
 from ..exceptions import InvalidInput, WrongLoop
 from . import checkpoint_sql as sql
+from .checkpoint_cache import DEFAULT_CACHE_BYTES, journal
 from .store import Store
 
-__all__ = ["DuckDBSaver"]
+__all__ = ["DuckDBSaver", "DEFAULT_CACHE_BYTES"]
 
 EMPTY = "empty"  # blob type of a channel that has a version but no value
 
@@ -58,15 +68,30 @@ class DuckDBSaver(BaseCheckpointSaver[str]):
 
     Use the async methods (``aget_tuple``, ``alist``, ``aput``, ...) on an event loop, as
     ``graph.ainvoke`` does. The sync methods work from threads without a running loop and
-    refuse on one, because they would block it (use ``await graph.ainvoke`` in a notebook).
+    refuse on one, because a read may have to wait for the file (use ``await graph.ainvoke``
+    in a notebook). Every saver on one store shares the store's queue and cache; ``cache_bytes``
+    sets the cache's bound (64 MiB unless given).
     """
 
-    def __init__(self, store: Store, *, serde: SerializerProtocol | None = None) -> None:
+    def __init__(self, store: Store, *, serde: SerializerProtocol | None = None,
+                 cache_bytes: int | None = None) -> None:
         super().__init__(serde=serde)
         self.store = store
+        self.journal = journal(store, cache_bytes)
 
     def __repr__(self) -> str:
         return f"DuckDBSaver({self.store!r})"
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of checkpoints, values and writes the cache holds now (at most cache_bytes,
+        or the newest checkpoint of one thread if that alone is larger)."""
+        return self.journal.size
+
+    @property
+    def queued(self) -> int:
+        """Puts, writes and other operations not committed to the file yet."""
+        return len(self.journal.queue)
 
     @classmethod
     @asynccontextmanager
@@ -87,7 +112,12 @@ class DuckDBSaver(BaseCheckpointSaver[str]):
     # ------------------------------------------------------------------ async API
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint named by ``config``, or the thread's latest without a checkpoint_id."""
-        return self._tuple(await self.store.call(self._get_fn(config)))
+        key, cid = self._key(config), get_checkpoint_id(config)
+        found, raw, stamp = self.journal.lookup(key, cid)
+        if not found:
+            raw = await self.store.call(self.journal.drained(self._read_fn(key, cid)))
+            self.journal.learn(key, cid, raw, stamp)
+        return self._tuple(raw)
 
     async def alist(
         self,
@@ -100,7 +130,8 @@ class DuckDBSaver(BaseCheckpointSaver[str]):
         """Matching checkpoints, newest first, read a page at a time."""
         listing = self._listing(config, filter, before, limit)
         while not listing.done:
-            for tup in listing.take(await self.store.call(listing.next_page())):
+            page = self.journal.drained(listing.next_page())
+            for tup in listing.take(await self.store.call(page)):
                 yield tup
 
     async def aput(
@@ -110,10 +141,9 @@ class DuckDBSaver(BaseCheckpointSaver[str]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        """Store a checkpoint and the values of its new channel versions, in one transaction."""
-        fn, stored = self._put_fn(config, checkpoint, metadata, new_versions)
-        await self.store.call(fn)
-        return stored
+        """Queue a checkpoint and the values of its new channel versions (one transaction
+        with whatever else the batch holds); readable at once."""
+        return self._put(config, checkpoint, metadata, new_versions)
 
     async def aput_writes(
         self,
@@ -122,32 +152,37 @@ class DuckDBSaver(BaseCheckpointSaver[str]):
         task_id: str,
         task_path: str = "",
     ) -> None:
-        """Store a task's writes against a checkpoint; repeating a write changes nothing."""
-        await self.store.call(self._put_writes_fn(config, writes, task_id, task_path))
+        """Queue a task's writes against a checkpoint; repeating a write changes nothing."""
+        self._put_writes(config, writes, task_id, task_path)
 
     async def adelete_thread(self, thread_id: str) -> None:
         """Delete every checkpoint, write and value of a thread, in all namespaces."""
-        await self.store.call(sql.tx(sql.delete_threads, [str(thread_id)]))
+        await asyncio.wrap_future(self._delete_thread(thread_id))
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Delete the checkpoints (and their writes) whose metadata names one of ``run_ids``."""
         if run_ids:
-            await self.store.call(sql.tx(sql.delete_for_runs, [str(r) for r in run_ids]))
+            await asyncio.wrap_future(self._delete_for_runs(run_ids))
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Copy a thread's whole history (all namespaces, writes and values) to another id."""
-        await self.store.call(sql.tx(sql.copy_thread, str(source_thread_id), str(target_thread_id)))
+        await asyncio.wrap_future(self._copy_thread(source_thread_id, target_thread_id))
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """``keep_latest``: keep each namespace's newest checkpoint; ``delete``: drop all."""
-        fn = self._prune_fn(thread_ids, strategy)
-        if fn is not None:
-            await self.store.call(fn)
+        fut = self._prune(thread_ids, strategy)
+        if fut is not None:
+            await asyncio.wrap_future(fut)
 
     # ------------------------------------------------------------------- sync API
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         self._refuse_on_loop("get_tuple")
-        return self._tuple(self.store.call_sync(self._get_fn(config)))
+        key, cid = self._key(config), get_checkpoint_id(config)
+        found, raw, stamp = self.journal.lookup(key, cid)
+        if not found:
+            raw = self.store.call_sync(self.journal.drained(self._read_fn(key, cid)))
+            self.journal.learn(key, cid, raw, stamp)
+        return self._tuple(raw)
 
     def list(
         self,
@@ -162,7 +197,8 @@ class DuckDBSaver(BaseCheckpointSaver[str]):
 
     def _pages(self, listing: sql.Listing) -> Iterator[CheckpointTuple]:
         while not listing.done:
-            yield from listing.take(self.store.call_sync(listing.next_page()))
+            yield from listing.take(
+                self.store.call_sync(self.journal.drained(listing.next_page())))
 
     def put(
         self,
@@ -172,9 +208,7 @@ class DuckDBSaver(BaseCheckpointSaver[str]):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         self._refuse_on_loop("put")
-        fn, stored = self._put_fn(config, checkpoint, metadata, new_versions)
-        self.store.call_sync(fn)
-        return stored
+        return self._put(config, checkpoint, metadata, new_versions)
 
     def put_writes(
         self,
@@ -184,26 +218,82 @@ class DuckDBSaver(BaseCheckpointSaver[str]):
         task_path: str = "",
     ) -> None:
         self._refuse_on_loop("put_writes")
-        self.store.call_sync(self._put_writes_fn(config, writes, task_id, task_path))
+        self._put_writes(config, writes, task_id, task_path)
+
+    def _put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        conf = config["configurable"]
+        thread_id, ns = str(conf["thread_id"]), conf.get("checkpoint_ns", "")
+        values = checkpoint["channel_values"]
+        blobs: list[tuple] = []
+        for channel, version in new_versions.items():
+            type_, data = (
+                self.serde.dumps_typed(values[channel]) if channel in values else (EMPTY, None)
+            )
+            blobs.append((thread_id, ns, channel, str(version), type_, data))
+        type_, data = self.serde.dumps_typed({**checkpoint, "channel_values": {}})
+        versions = {ch: str(v) for ch, v in checkpoint["channel_versions"].items()}
+        row = (
+            thread_id,
+            ns,
+            checkpoint["id"],
+            conf.get("checkpoint_id"),
+            type_,
+            data,
+            json.dumps(
+                get_serializable_checkpoint_metadata(config, metadata),
+                ensure_ascii=False,
+                default=str,
+            ),
+            json.dumps(checkpoint["channel_versions"]),
+        )
+        self.journal.put(row, versions, blobs)
+        return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns,
+                                 "checkpoint_id": checkpoint["id"]}}
+
+    def _put_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str,
+    ) -> None:
+        if not writes:
+            return
+        conf = config["configurable"]
+        key = (str(conf["thread_id"]), conf.get("checkpoint_ns", ""))
+        cid = str(conf["checkpoint_id"])
+        rows = [(*key, cid, task_id, WRITES_IDX_MAP.get(channel, i), channel,
+                 *self.serde.dumps_typed(value), task_path)
+                for i, (channel, value) in enumerate(writes)]
+        # Special writes (errors, interrupts, resumes) replace their earlier selves; a task's
+        # ordinary writes are stored once, so a retried put_writes leaves them as they were.
+        replace = all(channel in WRITES_IDX_MAP for channel, _ in writes)
+        self.journal.put_writes(key, cid, rows, replace)
 
     def delete_thread(self, thread_id: str) -> None:
         self._refuse_on_loop("delete_thread")
-        self.store.call_sync(sql.tx(sql.delete_threads, [str(thread_id)]))
+        self._delete_thread(thread_id).result()
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         self._refuse_on_loop("delete_for_runs")
         if run_ids:
-            self.store.call_sync(sql.tx(sql.delete_for_runs, [str(r) for r in run_ids]))
+            self._delete_for_runs(run_ids).result()
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         self._refuse_on_loop("copy_thread")
-        self.store.call_sync(sql.tx(sql.copy_thread, str(source_thread_id), str(target_thread_id)))
+        self._copy_thread(source_thread_id, target_thread_id).result()
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         self._refuse_on_loop("prune")
-        fn = self._prune_fn(thread_ids, strategy)
-        if fn is not None:
-            self.store.call_sync(fn)
+        fut = self._prune(thread_ids, strategy)
+        if fut is not None:
+            fut.result()
 
     def get_next_version(self, current: str | int | float | None, channel: None = None) -> str:
         """``<32-digit counter>.<16 random digits>``: ordered by the counter, and unique
@@ -224,110 +314,29 @@ class DuckDBSaver(BaseCheckpointSaver[str]):
             f"graph.invoke) here, or call {name}() from a thread without a running loop"
         )
 
-    def _get_fn(self, config: RunnableConfig) -> Callable[[Any], sql.Raw | None]:
+    @staticmethod
+    def _key(config: RunnableConfig) -> tuple[str, str]:
         conf = config["configurable"]
-        thread_id, ns = str(conf["thread_id"]), conf.get("checkpoint_ns", "")
-        checkpoint_id = get_checkpoint_id(config)
+        return str(conf["thread_id"]), conf.get("checkpoint_ns", "")
 
-        def get(con) -> sql.Raw | None:
-            if checkpoint_id:
-                rows = con.execute(
-                    f"select {sql.CP_COLS} from checkpoints "
-                    "where thread_id = ? and checkpoint_ns = ? and checkpoint_id = ?",
-                    [thread_id, ns, checkpoint_id],
-                ).fetchall()
-            else:
-                rows = con.execute(
-                    f"select {sql.CP_COLS} from checkpoints "
-                    "where thread_id = ? and checkpoint_ns = ? order by checkpoint_id desc limit 1",
-                    [thread_id, ns],
-                ).fetchall()
-            return sql.attach(con, rows)[0] if rows else None
+    @staticmethod
+    def _read_fn(key: tuple[str, str], cid: str | None) -> Callable[[Any], sql.Raw | None]:
+        return lambda con: sql.read(con, key[0], key[1], cid)
 
-        return get
+    def _delete_thread(self, thread_id: str) -> cf.Future:
+        threads = [str(thread_id)]
+        return self.journal.operation(lambda con: sql.delete_threads(con, threads), threads)
 
-    def _put_fn(
-        self,
-        config: RunnableConfig,
-        checkpoint: Checkpoint,
-        metadata: CheckpointMetadata,
-        new_versions: ChannelVersions,
-    ) -> tuple[Callable[[Any], None], RunnableConfig]:
-        conf = config["configurable"]
-        thread_id, ns = str(conf["thread_id"]), conf.get("checkpoint_ns", "")
-        values = checkpoint["channel_values"]
-        blobs: list[Any] = []
-        for channel, version in new_versions.items():
-            type_, data = (
-                self.serde.dumps_typed(values[channel]) if channel in values else (EMPTY, None)
-            )
-            blobs += [thread_id, ns, channel, str(version), type_, data]
-        type_, data = self.serde.dumps_typed({**checkpoint, "channel_values": {}})
-        row = [
-            thread_id,
-            ns,
-            checkpoint["id"],
-            conf.get("checkpoint_id"),
-            type_,
-            data,
-            json.dumps(
-                get_serializable_checkpoint_metadata(config, metadata),
-                ensure_ascii=False,
-                default=str,
-            ),
-            json.dumps(checkpoint["channel_versions"]),
-        ]
+    def _delete_for_runs(self, run_ids: Sequence[str]) -> cf.Future:
+        runs = [str(r) for r in run_ids]
+        # Which threads the runs' checkpoints are on is in the metadata: forget every thread.
+        return self.journal.operation(lambda con: sql.delete_for_runs(con, runs), None)
 
-        def put(con) -> None:
-            if blobs:
-                con.execute(
-                    f"insert into checkpoint_blobs ({sql.BLOB_COLS}) values "
-                    f"{sql.marks(6, len(blobs) // 6)} on conflict do nothing",
-                    blobs,
-                )
-            # Delete-then-insert rather than "insert or replace": DuckDB's upsert costs about
-            # five plain inserts (measured with DuckDB 2.0.1), and a put replaces rarely.
-            con.execute(
-                "delete from checkpoints where thread_id = ? and checkpoint_ns = ? "
-                "and checkpoint_id = ?",
-                row[:3],
-            )
-            con.execute(f"insert into checkpoints ({sql.CP_COLS}) values {sql.marks(8)}", row)
+    def _copy_thread(self, source: str, target: str) -> cf.Future:
+        s, t = str(source), str(target)
+        return self.journal.operation(lambda con: sql.copy_thread(con, s, t), [t])
 
-        stored: RunnableConfig = {
-            "configurable": {
-                "thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]
-            }
-        }
-        return sql.tx(put), stored
-
-    def _put_writes_fn(
-        self,
-        config: RunnableConfig,
-        writes: Sequence[tuple[str, Any]],
-        task_id: str,
-        task_path: str,
-    ) -> Callable[[Any], None]:
-        conf = config["configurable"]
-        key = [str(conf["thread_id"]), conf.get("checkpoint_ns", ""), str(conf["checkpoint_id"])]
-        params: list[Any] = []
-        for i, (channel, value) in enumerate(writes):
-            params += [*key, task_id, WRITES_IDX_MAP.get(channel, i), channel,
-                       *self.serde.dumps_typed(value), task_path]
-        # Special writes (errors, interrupts, resumes) replace their earlier selves; a task's
-        # ordinary writes are stored once, so a retried put_writes leaves them as they were.
-        replace = all(channel in WRITES_IDX_MAP for channel, _ in writes)
-        verb, tail = ("insert or replace", "") if replace else ("insert", " on conflict do nothing")
-        statement = (f"{verb} into checkpoint_writes ({sql.WRITE_COLS}) "
-                     f"values {sql.marks(9, len(writes))}{tail}")
-
-        def put_writes(con) -> None:
-            if params:
-                con.execute(statement, params)
-
-        return put_writes
-
-    def _prune_fn(self, thread_ids: Sequence[str], strategy: str) -> Callable[[Any], None] | None:
+    def _prune(self, thread_ids: Sequence[str], strategy: str) -> cf.Future | None:
         if strategy not in ("keep_latest", "delete"):
             raise InvalidInput(
                 f"unknown prune strategy {strategy!r}: use 'keep_latest' or 'delete'"
@@ -335,7 +344,8 @@ class DuckDBSaver(BaseCheckpointSaver[str]):
         threads = [str(t) for t in thread_ids]
         if not threads:
             return None
-        return sql.tx(sql.delete_threads if strategy == "delete" else sql.keep_latest, threads)
+        fn = sql.delete_threads if strategy == "delete" else sql.keep_latest
+        return self.journal.operation(lambda con: fn(con, threads), threads)
 
     def _listing(
         self,

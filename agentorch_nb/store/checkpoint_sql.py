@@ -2,18 +2,21 @@
 
 The functions here run in the store's thread (``Store.call``) on the connection it hands
 them, and do nothing but SQL: serialising and deserialising stay in the caller's thread, so
-the file is held only for the queries. :class:`Listing` reads one page per store call and
-leaves decoding the page to the saver. Table and column names are documented in
-``migrations._v2_checkpoints``.
+the file is held only for the queries. :func:`write_segment` writes many queued puts and
+writes (:class:`Put`, :class:`Writes`) in one transaction, a few statements whatever their
+number; :class:`Listing` reads one page per store call and leaves decoding the page to the
+saver. Table and column names are documented in ``migrations._v2_checkpoints``.
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import duckdb
 from langgraph.checkpoint.base import CheckpointTuple
 
 from ..exceptions import InvalidInput
@@ -29,6 +32,8 @@ BLOB_COLS = "thread_id, checkpoint_ns, channel, version, type, blob"
 WRITE_COLS = (
     "thread_id, checkpoint_ns, checkpoint_id, task_id, idx, channel, type, blob, task_path"
 )
+TYPES = {"idx": "integer", "blob": "blob", "checkpoint": "blob", "metadata": "json",
+         "channel_versions": "json"}  # of the columns above; the others are varchar
 
 # A raw checkpoint as read in the store thread: its row, {(channel, version): (type, bytes)},
 # and its write rows. Deserialising it is left to the caller's thread.
@@ -88,7 +93,152 @@ class Listing:
         return out
 
 
+@dataclass(slots=True)
+class Put:
+    """One queued checkpoint: its row (``CP_COLS``) and its new values (``BLOB_COLS``)."""
+
+    row: tuple
+    blobs: list[tuple]
+    verify: bool  # the saver could not tell that the id is new: check the file before writing
+    ref: Any = None  # the saver's cached copy of the row, told the outcome of the check
+
+
+@dataclass(slots=True)
+class Writes:
+    """One queued ``put_writes``: rows of ``WRITE_COLS``; ``replace`` for special writes."""
+
+    rows: list[tuple]
+    replace: bool
+
+
+@dataclass(slots=True)
+class Op:
+    """A queued operation that is not a put (delete, copy, prune): run alone, in order."""
+
+    fn: Callable[[Any], Any]
+    future: cf.Future
+
+
 # ------------------------------------------------------------ in the store thread
+@dataclass(slots=True)
+class Outcome:
+    """What writing a segment found out about the puts the saver asked to ``verify``."""
+
+    fresh: list[Put]  # their checkpoint id was new to the file: the cached copy is complete
+    stale: list[Put]  # the file (or the segment, before the put) had rows of that id already
+    latest: dict[tuple[str, str], str]  # (thread, ns) of those puts: newest id after the segment
+
+
+def write_segment(con, items: Sequence[Put | Writes]) -> Outcome:
+    """Write queued puts and writes (in queue order, no ``Op`` among them) in one transaction
+    of a few bulk statements, and check the puts to ``verify`` (:class:`Outcome`).
+
+    Values and writes are inserted plainly first: their keys are new but for a repeated put or
+    put_writes, and skipping existing keys (an anti join) costs DuckDB three times as much. A
+    key that exists fails the transaction, which is then done again skipping them."""
+    try:
+        with transaction(con):
+            return _write_segment(con, items, careful=False)
+    except duckdb.ConstraintException:
+        with transaction(con):
+            return _write_segment(con, items, careful=True)
+
+
+def _write_segment(con, items: Sequence[Put | Writes], careful: bool) -> Outcome:
+    checked = {p.row[:3] for p in items if isinstance(p, Put) and p.verify}
+    existing: set[tuple] = set()
+    latest: dict[tuple[str, str], str] = {}
+    threads_checked = {k[:2] for k in checked}
+    if checked:
+        threads = [list(col) for col in zip(*threads_checked)]
+        latest = {(t, n): c for t, n, c in con.execute(
+            "select x.thread_id, x.checkpoint_ns, max(x.checkpoint_id) from checkpoints x "
+            "join (select unnest(?::varchar[]) as t, unnest(?::varchar[]) as n) k "
+            "on x.thread_id = k.t and x.checkpoint_ns = k.n group by all", threads).fetchall()}
+        key, params = _source("thread_id, checkpoint_ns, checkpoint_id", list(checked))
+        existing = set(con.execute(
+            f"select * from {key} intersect (select thread_id, checkpoint_ns, checkpoint_id "
+            "from checkpoints union select thread_id, checkpoint_ns, checkpoint_id "
+            "from checkpoint_writes)", params).fetchall())
+    fresh: list[Put] = []
+    stale: list[Put] = []
+    seen: set[tuple] = set()
+    blobs: dict[tuple, tuple] = {}  # first value of a version wins, as "on conflict do nothing"
+    rows: dict[tuple, tuple] = {}  # the last put of a checkpoint id wins
+    writes: dict[tuple, tuple[tuple, bool]] = {}
+    for item in items:
+        if isinstance(item, Put):
+            key = item.row[:3]
+            if item.verify:
+                (stale if key in existing or key in seen else fresh).append(item)
+            if key[:2] in threads_checked and key[2] > latest.get(key[:2], ""):
+                latest[key[:2]] = key[2]
+            seen.add(key)
+            rows[key] = item.row
+            for blob in item.blobs:
+                blobs.setdefault(blob[:4], blob)
+        else:
+            for w in item.rows:
+                seen.add(w[:3])
+                if item.replace or w[:5] not in writes:
+                    writes[w[:5]] = (w, item.replace)
+    add = (lambda t, c, w, r: _insert_new(con, t, c, w, r)) if careful else (
+        lambda t, c, w, r: _insert(con, t, c, r))
+    if blobs:
+        add("checkpoint_blobs", BLOB_COLS, 4, list(blobs.values()))
+    if rows:
+        _delete(con, "checkpoints", CP_COLS, 3, list(rows))
+        _insert(con, "checkpoints", CP_COLS, list(rows.values()))
+    replaced = [w for w, replace in writes.values() if replace]
+    if replaced:
+        _delete(con, "checkpoint_writes", WRITE_COLS, 5, [w[:5] for w in replaced])
+        _insert(con, "checkpoint_writes", WRITE_COLS, replaced)
+    kept = [w for w, replace in writes.values() if not replace]
+    if kept:
+        add("checkpoint_writes", WRITE_COLS, 5, kept)
+    return Outcome(fresh, stale, latest)
+
+
+def _source(columns: str, rows: list[tuple]) -> tuple[str, list[list]]:
+    """``rows`` as a select of one list parameter per column. Not a pandas frame, although
+    DuckDB scans one faster: scanning Python objects is refused while the interpreter shuts
+    down, which is when the last checkpoints of a process are written."""
+    names = columns.split(", ")
+    select = ", ".join(f"unnest(?::{TYPES.get(n, 'varchar')}[]) as {n}" for n in names)
+    return f"(select {select})", [list(col) for col in zip(*rows)]
+
+
+def _insert(con, table: str, columns: str, rows: list[tuple]) -> None:
+    source, params = _source(columns, rows)
+    con.execute(f"insert into {table} ({columns}) select {columns} from {source}", params)
+
+
+def _insert_new(con, table: str, columns: str, width: int, rows: list[tuple]) -> None:
+    """Rows whose key (the first ``width`` columns) is not in ``table`` yet: an anti join,
+    cheaper in DuckDB than ``on conflict do nothing``."""
+    on = " and ".join(f"t.{c} = f.{c}" for c in columns.split(", ")[:width])
+    source, params = _source(columns, rows)
+    con.execute(f"insert into {table} ({columns}) select f.* from {source} f "
+                f"anti join {table} t on {on}", params)
+
+
+def _delete(con, table: str, columns: str, width: int, keys: list[tuple]) -> None:
+    names = ", ".join(columns.split(", ")[:width])
+    source, params = _source(names, keys)
+    on = " and ".join(f"{table}.{n} = k.{n}" for n in names.split(", "))
+    con.execute(f"delete from {table} using {source} k where {on}", params)
+
+
+def read(con, thread_id: str, ns: str, checkpoint_id: str | None) -> Raw | None:
+    """One checkpoint with its values and writes; the thread's latest without an id."""
+    where, params = "thread_id = ? and checkpoint_ns = ?", [thread_id, ns]
+    if checkpoint_id:
+        where, params = where + " and checkpoint_id = ?", params + [checkpoint_id]
+    rows = con.execute(f"select {CP_COLS} from checkpoints where {where} "
+                       "order by checkpoint_id desc limit 1", params).fetchall()
+    return attach(con, rows)[0] if rows else None
+
+
 def tx(fn: Callable[..., Any], *args: Any) -> Callable[[Any], Any]:
     """``fn(con, *args)`` as one transaction: a failed write leaves nothing behind."""
 

@@ -164,3 +164,33 @@ async def test_keep_latest_refuses_to_cut_a_delta_channel_history(tmp_path):
         assert len([t async for t in saver.alist(config)]) == 5
         await saver.aprune(["t-delta"], strategy="delete")
         assert await saver.aget_tuple(config) is None
+
+
+async def test_a_graph_run_makes_the_calls_the_bench_measures(tmp_path):
+    """bench/checkpoint_bench.py times aget_tuple, aput and aput_writes because a compiled
+    graph (the ReAct worker's) makes those and no others while it runs."""
+    calls: list[str] = []
+
+    class Recording(DuckDBSaver):
+        async def aget_tuple(self, config):
+            calls.append("aget_tuple")
+            return await super().aget_tuple(config)
+
+        async def aput(self, *args):
+            calls.append("aput")
+            return await super().aput(*args)
+
+        async def aput_writes(self, *args, **kwargs):
+            calls.append("aput_writes")
+            return await super().aput_writes(*args, **kwargs)
+
+        def alist(self, *args, **kwargs):
+            calls.append("alist")
+            return super().alist(*args, **kwargs)
+
+    store = Store.open(tmp_path / "calls.duckdb")
+    graph = build_graph().compile(checkpointer=Recording(store))
+    await graph.ainvoke({"steps": [], "total": 1}, {"configurable": {"thread_id": "t-calls"}})
+    assert calls[0] == "aget_tuple" and set(calls) == {"aget_tuple", "aput", "aput_writes"}
+    assert calls.count("aput") == 4 and calls.count("aput_writes") == 3
+    store.close()
