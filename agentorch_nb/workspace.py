@@ -60,6 +60,14 @@ class MergeResult:
         return self.status != "conflict"
 
 
+def _in_the_way(stderr: str) -> list[str]:
+    """The files git names when it refuses to overwrite untracked files."""
+    if "untracked working tree files would be overwritten" not in stderr:
+        return []
+    lines = stderr.split("overwritten by merge:", 1)[-1].splitlines()
+    return [ln.strip() for ln in lines if ln.startswith(("\t", "    ")) and ln.strip()]
+
+
 def _git(cwd: Path, *args: str, check: bool = True) -> str:
     import git  # GitPython: its command wrapper gives one error type with status and stderr
 
@@ -289,13 +297,19 @@ class Workspace:
             write_durably(self._marker, f"{before} {source_sha}\n")
             try:
                 _git(self.root, *AUTHOR, "merge", "--no-edit", "-m", message, source_sha)
-            except Exception:  # noqa: BLE001 - any failure: restore the target, then report
+            except Exception as exc:  # noqa: BLE001 - any failure: restore the target, then report
                 conflicts = _git(self.root, "diff", "--name-only", "--diff-filter=U", check=False)
                 self.abort_merge(before)
                 if conflicts:
                     result.status = "conflict"
                     result.conflicts = conflicts.splitlines()
                     return result
+                in_the_way = _in_the_way(str(getattr(exc, "stderr", "")))
+                if in_the_way:
+                    raise WorkspaceError(
+                        f"{self.target}'s checkout has untracked files where this work adds "
+                        f"files: {', '.join(in_the_way[:5])}; move them away, then retry the "
+                        "task") from None
                 raise
             finally:
                 self._marker.unlink(missing_ok=True)
@@ -343,11 +357,13 @@ class Workspace:
         if restore_to and self.tip() != restore_to:
             _git(self.root, "reset", "--hard", "-q", restore_to)
 
-    def _drop_files_added_by(self, source: str, before: str) -> list[str]:
+    def _drop_files_added_by(self, source: str, before: str, cut_off: bool = False) -> list[str]:
         """``git reset --hard`` leaves untracked the files a merge cut off mid-checkout had
         added, and the next merge that adds them refuses to overwrite them. Remove those
-        whose content is exactly what ``source`` has there (git wrote them); a file that
-        differs is somebody's, and stays."""
+        whose content is exactly what ``source`` has there (git wrote them). With
+        ``cut_off`` (``source`` is the merge the marker says was cut off), a file holding the
+        start of that content is one git was writing when it was killed, and goes too. A
+        file with other content is somebody's, and stays."""
         if not _git(self.root, "rev-parse", "--verify", "-q", f"{source}^{{commit}}", check=False):
             return []
         # What the source added since it left the target: what the merge would have written.
@@ -360,10 +376,29 @@ class Workspace:
         dropped = []
         for path in untracked:
             wanted = _git(self.root, "rev-parse", f"{source}:{path}", check=False)
-            if wanted and _git(self.root, "hash-object", "--", path, check=False) == wanted:
+            if not wanted:
+                continue
+            if _git(self.root, "hash-object", "--", path, check=False) == wanted:
+                (self.root / path).unlink(missing_ok=True)
+                dropped.append(path)
+            elif cut_off and self._written_in_part(path, wanted):
                 (self.root / path).unlink(missing_ok=True)
                 dropped.append(path)
         return dropped
+
+    def _written_in_part(self, path: str, blob: str) -> bool:
+        """Does the file at ``path`` hold the start of ``blob`` (what a merge killed while
+        writing it leaves)?"""
+        import git
+
+        try:
+            written = (self.root / path).read_bytes()
+            whole = git.Git(str(self.root)).execute(
+                ["git", "cat-file", "blob", blob], stdout_as_string=False,
+                strip_newline_in_stdout=False)
+        except (OSError, git.GitCommandError):
+            return False
+        return whole.startswith(written)
 
     def _clear_merge_state(self) -> None:
         for name in MERGE_STATE:
@@ -388,7 +423,8 @@ class Workspace:
             if before:
                 _git(self.root, "reset", "--hard", "-q", before)
             report.append(f"undid a merge cut off on {self.target}; it is back at {before[:10]}")
-            dropped = self._drop_files_added_by(source, before) if before and source else []
+            dropped = (self._drop_files_added_by(source, before, cut_off=True)
+                       if before and source else [])
             if dropped:
                 report.append(f"removed {len(dropped)} files the cut-off merge had written and "
                               f"reset left untracked: {', '.join(dropped[:5])}")

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import traceback
 
-from ..exceptions import CycleError, InvalidInput, UnknownTask
+from ..exceptions import CycleError, InvalidInput, UnknownTask, WorkspaceError
 from ..llm.errors import BudgetExceeded
 from ..model import (
     Attempt,
@@ -73,7 +73,10 @@ class AttemptLifecycle:
                 if not verdict.approved:
                     raise _Failed(Outcome.REJECTED, "QA rejected the work", verdict.feedback)
                 if sha is not None:
-                    merged = await self.integration.merge(task, attempt, sha)
+                    try:
+                        merged = await self.integration.merge(task, attempt, sha)
+                    except WorkspaceError as exc:
+                        raise _Failed(Outcome.ERROR, f"the merge was refused: {exc}") from None
                     if not merged.ok and task.profile != Profile.MERGE:
                         # Approved work that collides with the target: a merge task
                         # integrates it; the task waits for it.

@@ -16,6 +16,7 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..exceptions import WorkspaceError
 from ..model import Attempt, Interruption, Profile, Task, utcnow
 from ..workspace import MergeResult, Workspace, Worktree
 
@@ -108,6 +109,11 @@ class Integration:
             # Cancelled while git merges (a cancel, an abandon): git goes on regardless, and
             # what it did is recorded before the cancellation goes on.
             self.record_merge(row, await job)
+            raise
+        except WorkspaceError as exc:  # git would not start it (untracked files in the way)
+            store.upsert("merges", {**row, "ts": utcnow(), "status": "refused", "error": str(exc)})
+            self.engine.record_event("merge", task.id, attempt=attempt.number, status="refused",
+                                     source_sha=sha, error=str(exc))
             raise
         self.record_merge(row, result)
         return result

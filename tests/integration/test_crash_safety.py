@@ -306,8 +306,9 @@ def test_a_stale_maintenance_lock_is_removed(repo):
 
 def test_files_a_cut_off_merge_wrote_are_removed_but_not_yours(repo):
     """A merge killed mid-checkout leaves the files it had added; reset makes them untracked,
-    and the next merge adding them would refuse to overwrite them. Those with exactly the
-    source's content go; a file of the same name with other content is the user's, and stays."""
+    and the next merge adding them would refuse to overwrite them. Those with the source's
+    content go, and so does one git was killed while writing (it holds the start of it); a
+    file of the same name with other content is the user's, and stays."""
     expected = seed(repo, 5)
     ws = ao.Workspace(repo)
     before = ws.tip()
@@ -315,19 +316,22 @@ def test_files_a_cut_off_merge_wrote_are_removed_but_not_yours(repo):
     (wt.path / "added").mkdir()
     (wt.path / "added" / "a.txt").write_text("from the task\n")
     (wt.path / "added" / "b.txt").write_text("from the task\n")
-    source = ws.commit_all(wt, "adds two files")
+    (wt.path / "added" / "c.txt").write_text("a longer file from the task\n" * 50)
+    source = ws.commit_all(wt, "adds three files")
     # The state a kill mid-checkout leaves: marker, the new files written, no commit.
     (repo / ".git" / "agentorch-merging").write_text(f"{before} {source}\n")
     (repo / "added").mkdir()
     (repo / "added" / "a.txt").write_text("from the task\n")
     (repo / "added" / "b.txt").write_text("the user's own notes\n")
+    (repo / "added" / "c.txt").write_text("a longer file from the task\na lon")  # cut off
     report = ws.reconcile("r1", {wt.branch})
-    assert any("removed 1 files" in r and "added/a.txt" in r for r in report), report
-    assert not (repo / "added" / "a.txt").exists()
+    assert any("removed 2 files" in r and "added/a.txt" in r for r in report), report
+    assert not (repo / "added" / "a.txt").exists() and not (repo / "added" / "c.txt").exists()
     assert (repo / "added" / "b.txt").read_text() == "the user's own notes\n"
     (repo / "added" / "b.txt").unlink()
     result = ws.merge(source, "merge")  # nothing in the way any more
-    assert result.ok and files_on_main(repo) == expected | {"added/a.txt", "added/b.txt"}
+    assert result.ok and files_on_main(repo) == expected | {
+        "added/a.txt", "added/b.txt", "added/c.txt"}
 
 
 def test_a_merge_clears_its_own_leftovers_even_without_a_marker(repo):
@@ -347,6 +351,6 @@ def test_a_merge_clears_its_own_leftovers_even_without_a_marker(repo):
     (wt2.path / "mine.txt").write_text("from the task\n")
     source2 = ws.commit_all(wt2, "adds mine.txt")
     (repo / "mine.txt").write_text("the user's\n")  # not ours: git's refusal stands
-    with pytest.raises(Exception, match="would be overwritten"):
+    with pytest.raises(ao.WorkspaceError, match="untracked files where this work adds files: mine.txt"):
         ws.merge(source2, "merge")
     assert (repo / "mine.txt").read_text() == "the user's\n"

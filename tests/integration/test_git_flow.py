@@ -249,3 +249,24 @@ async def test_keep_worktrees_keeps_everything_until_orch_cleanup(orch_factory, 
     assert not any((repo / ".worktrees" / run.id).iterdir())
     assert git(repo, "branch", "--list", "agentorch/*") == ""
     assert (repo / "a.txt").exists() and (repo / "b.txt").exists()  # the work itself stays on main
+
+
+async def test_an_untracked_file_in_the_way_fails_the_attempt_not_the_run(orch_factory, repo):
+    """A file of yours, untracked in main where a task adds one, makes git refuse the merge:
+    the attempt fails saying so, the other tasks go on, and the task waits for you."""
+    (repo / "report.md").write_text("my own draft\n")  # untracked: the run may start
+    worker = FileWriter({"report": {"report.md": "the task's report\n"},
+                         "other": {"other.md": "fine\n"}})
+    orch = orch_factory([TaskSpec("report", max_retries=0), TaskSpec("other")], worker=worker)
+    run = orch.start("untracked file in the way")
+    assert await asyncio.wait_for(run.wait(), DEADLINE) == RunStatus.PAUSED
+    tasks = {t.title: t for t in run.tasks}
+    assert tasks["other"].status == TaskStatus.COMPLETE
+    assert tasks["report"].status == TaskStatus.WAITING_HUMAN
+    assert "report.md" in tasks["report"].status_reason
+    assert "untracked" in tasks["report"].status_reason
+    assert (repo / "report.md").read_text() == "my own draft\n"  # never touched
+    merges = orch.sql("select status, error from merges where task_id = ?", [tasks["report"].id])
+    assert list(merges.status) == ["refused"]
+    run.cancel()
+    await run.wait()
