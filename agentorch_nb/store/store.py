@@ -121,6 +121,9 @@ class Store:
         self._waiting: dict[tuple, asyncio.Future] = {}  # committed(): one per commit and loop
         self._thread = threading.Thread(target=self._serve, name="agentorch-store", daemon=True)
         self._thread.start()
+        # atexit runs handlers last-registered first: DuckDB's own (registered on import)
+        # would interrupt the final flush if it were registered after ours.
+        import duckdb  # noqa: F401
         atexit.register(self.close)
 
     def __repr__(self) -> str:
