@@ -4,9 +4,6 @@ store another process holds stops new attempts once enough finished ones wait fo
 
 import asyncio
 import gc
-import subprocess
-import sys
-import textwrap
 
 import duckdb
 import pytest
@@ -15,6 +12,7 @@ from agentorch_nb import RunStatus
 from agentorch_nb.engine import dispatch
 from agentorch_nb.engine.heap import THAW_AFTER
 from agentorch_nb.testing import TestWorker, random_dag
+from tests.integration.holder import hold
 
 
 class Turns:
@@ -92,17 +90,7 @@ async def test_a_held_store_stops_new_attempts_once_enough_wait_for_it(orch_fact
         lambda e: e.get("kind") == "attempt_started" and started.append(e["task_id"]))
     # The holder takes the file when the run's store thread lets go of it (after at most
     # a second of continuous work) and keeps it until told to let go.
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import duckdb, sys, time
-        while True:
-            try:
-                con = duckdb.connect({str(store)!r}, read_only=True)
-                break
-            except duckdb.IOException:
-                time.sleep(0.002)
-        print("holding", flush=True)
-        sys.stdin.readline()
-        con.close()""")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = hold(store)
     try:
         assert (await asyncio.to_thread(holder.stdout.readline)).strip() == "holding"
         at_hold = len(started)

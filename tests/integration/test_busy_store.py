@@ -2,15 +2,13 @@
 a run writes: the run waits for it, says who holds it, and loses nothing."""
 
 import asyncio
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
 from agentorch_nb import RunStatus, TaskSpec
 from agentorch_nb.testing import TestWorker
 from agentorch_nb.widgets import dashboard_for
+from tests.integration.holder import hold
 
 pytestmark = pytest.mark.slow
 LOCK_TIMEOUT = 1.0
@@ -44,18 +42,7 @@ async def test_a_held_store_pauses_the_run_and_drops_nothing(orch_factory, tmp_p
     engine.observers.append(observe)
     # The holder takes the file as soon as the run's store thread lets go of it, keeps it
     # for twice lock_timeout, and closes.
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import duckdb, time
-        while True:
-            try:
-                con = duckdb.connect({str(store)!r}, read_only=True)
-                break
-            except duckdb.IOException:
-                time.sleep(0.005)
-        print("holding", flush=True)
-        time.sleep({2 * LOCK_TIMEOUT})
-        con.close()
-        print("released", flush=True)""")], stdout=subprocess.PIPE, text=True)
+    holder = hold(store, 2 * LOCK_TIMEOUT)
     try:
         line = await asyncio.to_thread(holder.stdout.readline)
         assert line.strip() == "holding"

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -18,21 +17,11 @@ import pytest
 import agentorch_nb as ao
 from agentorch_nb import remote
 from tests.integration import remote_child
+from tests.integration.test_processes import until
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE = 120  # a bound for a hang to show, not an expectation of speed
-
-
-def until(predicate, what: str, timeout: float = DEADLINE):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
 
 class Child:
     def __init__(self, repo: Path, folder: Path):
@@ -52,7 +41,7 @@ class Child:
         (self.folder / "view.json").unlink(missing_ok=True)
         (self.folder / "dump").touch()
         path = until(lambda: (self.folder / "view.json").exists() and self.folder / "view.json",
-                     "the engine's own view")
+                     DEADLINE, "the engine's own view")
         return json.loads(path.read_text())
 
     def stop(self):
@@ -98,7 +87,7 @@ def live(tmp_path_factory):
     child = Child(repo, folder)
     orch = ao.Orchestrator(repo)  # this process: no engine
     run = orch.run(child.run_id)
-    until(lambda: settled(run), "t1 and t2 to wait for a human")
+    until(lambda: settled(run), DEADLINE, "t1 and t2 to wait for a human")
     yield child, orch, run
     child.stop()
 
@@ -217,7 +206,7 @@ def test_with_the_engine_killed_a_command_waits_and_resume_applies_it_once(tmp_p
     try:
         orch = ao.Orchestrator(repo)
         run = orch.run(child.run_id)
-        until(lambda: settled(run), "t1 and t2 to wait for a human")
+        until(lambda: settled(run), DEADLINE, "t1 and t2 to wait for a human")
         assert [t.id for t in run.tasks]  # the channel is known to this process now
         child.proc.send_signal(signal.SIGKILL)
         child.proc.wait()
