@@ -123,17 +123,36 @@ class AttemptLifecycle:
                 for done in [tid, *self._integrated.pop(tid, [])]:
                     self.mark_dirty(*self.graph.dependents(done))
             self.wake()  # the free slot can go to a task that is ready already
+            if self.integration is None or not self.integration.holds(tid, attempt.number):
+                self._finish_at_commit(tid)  # nothing to release: no coroutine waits for it
+                return
             try:
                 await asyncio.shield(self.store.committed())
-                if self.integration is not None and self.integration.holds(tid, attempt.number):
-                    # Work a merge task integrates keeps its branch: the commit must stay
-                    # reachable (and git gc must not take it) until the merge lands.
-                    await asyncio.shield(self.integration.release(
-                        task, attempt.number, attempt.outcome == Outcome.APPROVED,
-                        keep_branch=tid in self._merging))
+                # Work a merge task integrates keeps its branch: the commit must stay
+                # reachable (and git gc must not take it) until the merge lands.
+                await asyncio.shield(self.integration.release(
+                    task, attempt.number, attempt.outcome == Outcome.APPROVED,
+                    keep_branch=tid in self._merging))
             finally:
                 self._finishing.discard(tid)
                 self.wake()
+
+    def _finish_at_commit(self, tid: str) -> None:
+        """``tid``'s attempt is over once the store's next commit holds its writes. Every
+        attempt waiting for one commit is settled by one callback: after a commit of
+        hundreds of attempts the loop does a set removal for each, not a coroutine step."""
+        commit = self.store.committed()
+        waiting = self._at_commit.get(commit)
+        if waiting is None:
+            waiting = self._at_commit[commit] = []
+            commit.add_done_callback(self._committed)
+        waiting.append(tid)
+
+    def _committed(self, commit: asyncio.Future) -> None:
+        self._finishing.difference_update(self._at_commit.pop(commit, ()))
+        if not commit.cancelled() and commit.exception() is not None and self._fatal is None:
+            self._fatal = commit.exception()  # the store failed: the run fails loudly
+        self.wake()
 
     def _hand_to_merge_task(self, task: Task, attempt: Attempt, sha: str,
                             conflicts: list[str]) -> None:

@@ -54,7 +54,7 @@ log = logging.getLogger("agentorch_nb.engine")
 S = TaskStatus
 # Ended attempts whose writes are not committed yet, per worker, beyond which no attempt
 # starts: while another process holds the store, the queue of writes stays bounded.
-FINISHING_PER_WORKER = 64
+FINISHING_PER_WORKER = 256
 STEP_SLICE = 500  # tasks whose readiness one step looks at
 
 
@@ -94,6 +94,7 @@ class Engine(Recording, Planning, AttemptLifecycle):
         self._counts: Counter[TaskStatus] = Counter()
         self._dirty: set[str] = set()  # planned tasks whose readiness may have changed
         self._finishing: set[str] = set()  # ended attempts still writing or releasing their worktree
+        self._at_commit: dict[asyncio.Future, list[str]] = {}  # commit -> attempts it ends
         self._attempt_tasks: set[asyncio.Task] = set()  # every attempt coroutine not done yet
         self.budget_hold = False  # the LLM budget is spent: start nothing until a human retries
         self.store_busy: Busy | None = None  # another process holds the store: start nothing
@@ -303,7 +304,6 @@ class Engine(Recording, Planning, AttemptLifecycle):
             await self._stop_workers(Interruption.CANCELLED)
             self.set_run_status(RunStatus.FAILED, f"{type(exc).__name__}: {exc}")
         finally:
-            HEAP.let_go(self)
             pending = [t for t in self._attempt_tasks if not t.done()]
             if pending:  # stopped attempts still recording their end: let them finish first
                 await asyncio.wait(pending, timeout=60)
@@ -317,6 +317,7 @@ class Engine(Recording, Planning, AttemptLifecycle):
             await self.store.flush()  # waits, if another process holds the store
             if self._on_store_busy in self.store.busy_listeners:
                 self.store.busy_listeners.remove(self._on_store_busy)
+            HEAP.let_go(self)
             self._notify()
 
     def _step(self) -> bool:

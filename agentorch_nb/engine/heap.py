@@ -4,8 +4,8 @@ While runs are live, what the heap held once they were planned (their tasks and 
 everything imported) is kept out of the cyclic collector's sweeps (``gc.freeze``): a full
 sweep otherwise walks every task of a big run and stops the loop for tens of milliseconds
 each time (5,000 tasks: 40-90 ms on a 2-core machine). Objects are still freed by reference
-counting as ever; only cycles among them wait until a second after the last run ends
-(``gc.unfreeze``), when the heap is the collector's again.
+counting as ever; only cycles among them wait until the last live run has ended
+(``gc.unfreeze``): the sweep put off then happens once, at the collector's next full sweep.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .dispatch import Engine
-
-THAW_AFTER = 1.0  # seconds after the last run ends before the heap is swept whole again
 
 
 class FrozenHeap:
@@ -30,18 +28,12 @@ class FrozenHeap:
         gc.freeze()
 
     def let_go(self, engine: Engine) -> None:
-        """The run ended. A second later, if no run holds it, the heap is the collector's
-        again (its next full sweep walks all of it: not while a run is finishing)."""
+        """The run ended: when no run holds it any more, the heap is the collector's again
+        (its next full sweep walks all of it, once)."""
         if id(engine) in self.engines:
             self.engines.discard(id(engine))
-            if not self.engines and engine.loop is not None and not engine.loop.is_closed():
-                engine.loop.call_later(THAW_AFTER, self._thaw)
-            elif not self.engines:
+            if not self.engines:
                 gc.unfreeze()
-
-    def _thaw(self) -> None:
-        if not self.engines:
-            gc.unfreeze()
 
 
 HEAP = FrozenHeap()

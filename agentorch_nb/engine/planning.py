@@ -124,7 +124,8 @@ class Planning:
             self.record_event("planned", None, tasks=len(specs))
         if cancelled is not None:
             raise cancelled
-        await self.store.flush()
+        # No flush here: the plan is queued ahead of anything its tasks write, and the store
+        # commits in that order.
 
     # The Director may review the graph once planning is done (``review`` is optional in its
     # protocol). Until then only plan tasks start, so the review can still order the rest.

@@ -32,7 +32,7 @@ KEYS: dict[str, tuple[str, ...]] = {
 }
 TIMED = {"events", "messages", "tool_calls", "llm_calls", "insights", "design_decisions"}
 
-CHUNK_ROWS = 500
+CHUNK_ROWS = 2000
 UNNEST_ROWS = 200  # up to this many rows, list parameters beat registering arrays
 
 
@@ -46,6 +46,12 @@ class Batch:
         # Settled with the commit, like flushes, but without asking for it early: the store
         # commits on its own schedule (within flush_interval).
         self.waiters: list[cf.Future] = []
+        self.since: float | None = None  # time.monotonic() of the first write queued
+
+    def written(self) -> None:
+        """A write was queued: the batch is as old as its first one."""
+        if self.since is None:
+            self.since = time.monotonic()
 
     def has_writes(self) -> bool:
         return bool(self.appends or self.upserts or self.deps)
@@ -76,6 +82,8 @@ class Batch:
         self.calls.extend(newer.calls)
         self.flushes.extend(newer.flushes)
         self.waiters.extend(newer.waiters)
+        if self.since is None or (newer.since is not None and newer.since < self.since):
+            self.since = newer.since
         return self
 
 
@@ -93,6 +101,7 @@ def replace_deps(con, deps: dict[tuple[str, str], list[str]]) -> None:
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None), datetime.datetime})
+_JSON = json.JSONEncoder(default=str).encode  # one encoder, not one per value
 
 
 def _cell(value: Any) -> Any:
@@ -100,7 +109,7 @@ def _cell(value: Any) -> Any:
     if kind in _PLAIN:
         return value
     if kind is dict or kind is list or isinstance(value, (dict, list)):
-        return json.dumps(value, default=str)
+        return _JSON(value)
     if hasattr(value, "value") and isinstance(getattr(value, "value"), str):  # StrEnum
         return value.value
     return value

@@ -51,7 +51,7 @@ MEMORY = ":memory:"
 # process is waiting for it, MAX_HOLD_SECONDS otherwise; then it stays away GAP_SECONDS so
 # that others get their turn. An idle file is kept IDLE_SECONDS, then let go.
 HOLD_SECONDS = 0.15
-MAX_HOLD_SECONDS = 1.0
+MAX_HOLD_SECONDS = 2.0
 GAP_SECONDS = 0.02
 IDLE_SECONDS = 0.03
 
@@ -154,6 +154,7 @@ class Store:
             return
         with self._cond:
             self._batch.appends.setdefault(table, []).append(row)
+            self._batch.written()
             self._cond.notify()
 
     def upsert(self, table: str, row: dict[str, Any]) -> None:
@@ -165,6 +166,7 @@ class Store:
             return
         with self._cond:
             self._batch.upserts.setdefault(table, {})[key] = row
+            self._batch.written()
             self._cond.notify()
 
     def upsert_later(self, table: str, key: tuple, build: Callable[[], dict[str, Any]]) -> None:
@@ -180,11 +182,13 @@ class Store:
             return
         with self._cond:
             self._batch.deps[(run_id, task_id)] = list(depends_on)
+            self._batch.written()
             self._cond.notify()
 
     def _enqueue(self, turn: Batch) -> None:
         with self._cond:
             self._batch.then(turn)
+            self._batch.written()
             self._cond.notify()
 
     def flush_future(self, *, early: bool = True) -> cf.Future:
@@ -300,7 +304,9 @@ class Store:
                 # Writes alone may linger a little to travel with company; a flush or a
                 # read wants them now.
                 if not (self._batch.calls or self._batch.flushes or self._closed):
-                    deadline = time.monotonic() + self.flush_interval
+                    # counted from the batch's first write: under a steady stream of writes
+                    # the next batch is often due by the time the last one is committed
+                    deadline = (self._batch.since or time.monotonic()) + self.flush_interval
                     while (
                         not (self._batch.calls or self._batch.flushes or self._closed)
                         and self._batch.size() < 5000

@@ -10,7 +10,6 @@ import pytest
 
 from agentorch_nb import RunStatus
 from agentorch_nb.engine import dispatch
-from agentorch_nb.engine.heap import THAW_AFTER
 from agentorch_nb.testing import TestWorker, random_dag
 from tests.integration.holder import hold
 
@@ -72,7 +71,6 @@ async def test_the_heap_is_frozen_while_a_run_is_live_and_thawed_after(orch_fact
         lambda e: e.get("kind") == "attempt_started" and seen.append(gc.get_freeze_count()))
     assert await run.wait(60) == RunStatus.COMPLETED
     assert min(seen) > 0  # frozen all through the run
-    await asyncio.sleep(THAW_AFTER + 0.3)
     assert gc.get_freeze_count() == 0  # the collector has it all again
 
 
@@ -81,7 +79,7 @@ async def test_a_held_store_stops_new_attempts_once_enough_wait_for_it(orch_fact
                                                                         monkeypatch):
     monkeypatch.setattr(dispatch, "FINISHING_PER_WORKER", 2)  # at most 2 x 2 waiting
     store = tmp_path / "s.duckdb"
-    orch = orch_factory(random_dag(200, seed=6, max_deps=0), store=store,
+    orch = orch_factory(random_dag(400, seed=6, max_deps=0), store=store,
                         worker=TestWorker(latency=0.02), max_concurrent_workers=2,
                         lock_timeout=30)
     run = orch.start("held store")
@@ -89,7 +87,7 @@ async def test_a_held_store_stops_new_attempts_once_enough_wait_for_it(orch_fact
     run.engine.observers.append(
         lambda e: e.get("kind") == "attempt_started" and started.append(e["task_id"]))
     # The holder takes the file when the run's store thread lets go of it (after at most
-    # a second of continuous work) and keeps it until told to let go.
+    # two seconds of continuous work) and keeps it until told to let go.
     holder = hold(store)
     try:
         assert (await asyncio.to_thread(holder.stdout.readline)).strip() == "holding"
@@ -104,4 +102,4 @@ async def test_a_held_store_stops_new_attempts_once_enough_wait_for_it(orch_fact
         holder.wait()
     # the 2 that were running and the 2 x 2 allowed to wait for the store; not 50
     assert while_held <= 6, while_held
-    assert len(set(started)) == 200
+    assert len(set(started)) == 400
