@@ -304,21 +304,23 @@ class Engine(Recording, Planning, AttemptLifecycle):
             await self._stop_workers(Interruption.CANCELLED)
             self.set_run_status(RunStatus.FAILED, f"{type(exc).__name__}: {exc}")
         finally:
-            pending = [t for t in self._attempt_tasks if not t.done()]
-            if pending:  # stopped attempts still recording their end: let them finish first
-                await asyncio.wait(pending, timeout=60)
-            if self.integration is not None and self.status in (RunStatus.COMPLETED, RunStatus.CANCELLED):
-                try:
-                    await self.integration.finish_run()
-                except Exception:  # noqa: BLE001 - leftovers are reported by orch.cleanup()
-                    log.exception("cleaning up the worktrees of run %s failed", self.run_id)
-            for cb in self.on_stop:
-                cb(self)
-            await self.store.flush()  # waits, if another process holds the store
-            if self._on_store_busy in self.store.busy_listeners:
-                self.store.busy_listeners.remove(self._on_store_busy)
-            HEAP.let_go(self)
-            self._notify()
+            try:
+                pending = [t for t in self._attempt_tasks if not t.done()]
+                if pending:  # stopped attempts still recording their end: let them finish first
+                    await asyncio.wait(pending, timeout=60)
+                if self.integration is not None and self.status in (RunStatus.COMPLETED, RunStatus.CANCELLED):
+                    try:
+                        await self.integration.finish_run()
+                    except Exception:  # noqa: BLE001 - leftovers are reported by orch.cleanup()
+                        log.exception("cleaning up the worktrees of run %s failed", self.run_id)
+                for cb in self.on_stop:
+                    cb(self)
+                await self.store.flush()  # waits, if another process holds the store
+                if self._on_store_busy in self.store.busy_listeners:
+                    self.store.busy_listeners.remove(self._on_store_busy)
+                self._notify()
+            finally:
+                HEAP.let_go(self)  # however the wind-down went
 
     def _step(self) -> bool:
         """One step; True when tasks whose readiness may have changed are left for the

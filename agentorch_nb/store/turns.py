@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import Callable
 
 from .batch import Batch
@@ -23,7 +24,7 @@ from .batch import Batch
 class LoopTurns:
     def __init__(self, hand_over: Callable[[Batch], None]) -> None:
         self._hand_over = hand_over
-        self._loops: set[asyncio.AbstractEventLoop] = set()
+        self._loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
         self._turns: dict[asyncio.AbstractEventLoop, Batch] = {}
         self._later: dict[asyncio.AbstractEventLoop, dict[tuple, Callable[[], dict]]] = {}
         self._held: dict[asyncio.AbstractEventLoop, int] = {}  # one_unit() blocks open
