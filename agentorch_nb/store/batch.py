@@ -178,3 +178,13 @@ def _registered(con, cols: list[str], columns: list[list]):
             con.unregister("_agentorch_rows")
         except Exception:  # noqa: BLE001 - an aborted transaction refuses it; the statement's error matters
             pass
+
+
+def settle(future: cf.Future, result: Any = None, exc: BaseException | None = None) -> None:
+    """Complete ``future`` with ``result`` or ``exc`` unless it is done already."""
+    if future.done():
+        return
+    if exc is None:
+        future.set_result(result)
+    else:
+        future.set_exception(exc)

@@ -46,6 +46,7 @@ import duckdb  # noqa: F401 - imported before the exit handler below is register
 
 from ..exceptions import InvalidInput, StoreBusy
 from . import checkpoint_sql as sql
+from .batch import settle
 from .sharing import lock_error
 from .store import Store
 
@@ -361,15 +362,6 @@ class Journal:
 def versions(row: tuple) -> dict[str, str]:
     """{channel: version} of a ``CP_COLS`` row, versions as the text they are stored as."""
     return {channel: str(version) for channel, version in json.loads(row[7] or "{}").items()}
-
-
-def settle(future: cf.Future, result: Any = None, exc: BaseException | None = None) -> None:
-    if future.done():
-        return
-    if exc is None:
-        future.set_result(result)
-    else:
-        future.set_exception(exc)
 
 
 _journals: weakref.WeakKeyDictionary[Store, Journal] = weakref.WeakKeyDictionary()

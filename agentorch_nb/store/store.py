@@ -38,7 +38,7 @@ from ..exceptions import InvalidInput, StoreBusy, StoreError
 from ..model import utcnow
 from .migrations import migrate
 from .notify import Notifier
-from .batch import KEYS, TIMED, Batch
+from .batch import KEYS, TIMED, Batch, settle
 from .sharing import Busy, check_file, lock_error, touch
 from .sqlutil import dicts, transaction
 from .turns import LoopTurns
@@ -342,14 +342,14 @@ class Store:
                     self._release()
                     held_since = None
                     for _, fut, _ in batch.calls:
-                        _settle(fut, exc=exc)
+                        settle(fut, exc=exc)
                     for fut in batch.flushes + batch.waiters:
-                        _settle(fut, exc=exc)
+                        settle(fut, exc=exc)
             if closing:
                 with self._cond:
                     leftover, self._batch = self._batch, Batch()
                 for fut in leftover.flushes + leftover.waiters + [f for _, f, _ in leftover.calls]:
-                    _settle(fut, exc=InvalidInput("store closed"))
+                    settle(fut, exc=InvalidInput("store closed"))
                 self._release(final=True)
                 return
 
@@ -416,7 +416,7 @@ class Store:
                               "Close long-lived DuckDB connections to it (agentorch_nb.sql() "
                               "lets go after each query); the run's own writes wait for it.")
             for _, fut, _ in late:
-                _settle(fut, exc=error)
+                settle(fut, exc=error)
             batch.calls = [c for c in batch.calls if c not in late]
         with self._cond:
             self._batch = batch.then(self._batch)
@@ -472,18 +472,9 @@ class Store:
                     fut.set_exception(exc)
             batch.calls.pop(0)
         for fut in batch.flushes + batch.waiters:
-            _settle(fut)
+            settle(fut)
         batch.flushes, batch.waiters = [], []
 
 
 class _Contended(Exception):
     """Another process held the file (DuckDB's lock error is the cause)."""
-
-
-def _settle(fut: cf.Future, exc: BaseException | None = None) -> None:
-    if fut.done():
-        return
-    if exc is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(exc)
