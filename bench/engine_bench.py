@@ -26,18 +26,19 @@ What it measures, and how to read it
 
 2. Engine overhead (ENGINE OVERHEAD table). Instant workers (``TestWorker(latency=0)``) on
    ``random_dag(n)``, 5 concurrent workers; engine ms/task = wall time of the run / n, so it
-   includes planning, the DuckDB commits the engine waits for and the final flush. "plan s"
-   is ``orch.start`` -> first task finished (Director, graph, first commit of all tasks),
-   "dispatch ms/task" the rest divided by n. The baseline is a minimal asyncio scheduler
+   includes planning, the store's work the engine cannot get ahead of (no attempt starts
+   while 256 per worker wait for a commit) and the final flush. "plan s" is ``orch.start``
+   -> first task finished (Director, graph, the plan queued for the store), "dispatch
+   ms/task" the rest divided by n. The baseline is a minimal asyncio scheduler
    written here: the same DAG, priority order and concurrency limit, instant coroutines, no
    store, no events. ``engine/base`` is how many times more a task costs in the engine than
-   bare scheduling. It is large by nature (the engine writes ~7 events and ~7 row upserts
-   per task and waits for each finished attempt to be committed), so judge the absolute
-   ms/task: next to LLM calls of seconds, a few ms per task is noise. "commits" counts the
+   bare scheduling. It is large by nature (the engine records ~7 events, ~3 messages and
+   the task's and attempt's rows for every task, durably), so judge the absolute ms/task:
+   next to LLM calls of seconds, a fraction of a millisecond per task is noise. "commits" counts the
    store thread's write transactions, "longest commit" the slowest one (normally the whole
    plan), "store busy" the seconds spent in them, "file opens" how often it (re)opened the
-   DuckDB file. Runs are repeated because the store's batching makes the wall time vary by
-   up to 2x from run to run.
+   DuckDB file. Runs are repeated because the store's batching and the machine's other load
+   make the wall time vary by up to 1.5x from run to run.
 
 3. Makespan quality (MAKESPAN table). ``random_dag(60, seed)`` with workers of known latency
    (drawn per task id, deterministically, from 20-120 ms) and N=5 workers. No schedule can
