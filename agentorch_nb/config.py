@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .exceptions import InvalidInput
@@ -42,6 +42,9 @@ class Config:
     # operation waits for another process to let go of the file before StoreBusy.
     flush_interval: float = 0.05
     lock_timeout: float = 30.0
+    # Where attempts run: None, in this process (the default); or an executor such as
+    # agentorch_nb.distributed.RayExecutor(), which runs them on a Ray cluster.
+    executor: Any = None
 
     def __post_init__(self) -> None:
         for name, least in WHOLE.items():
@@ -52,6 +55,10 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise InvalidInput(f"Config.{name} must be True or False, not {_given(value)}")
+        if self.executor is not None and not callable(getattr(self.executor, "describe", None)):
+            raise InvalidInput(
+                f"Config.executor must be None (attempts run in this process) or an executor "
+                f"such as agentorch_nb.distributed.RayExecutor(), not {_given(self.executor)}")
         if not isinstance(self.models, Models):
             raise InvalidInput(
                 f"Config.models must be an agentorch_nb.Models, not {_given(self.models)}; "
@@ -59,7 +66,10 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, with API keys redacted (the run's row keeps its config)."""
-        return {**asdict(self), "models": self.models.to_dict()}
+        plain = {f.name: getattr(self, f.name) for f in fields(self)
+                 if f.name not in ("models", "executor")}
+        return {**plain, "models": self.models.to_dict(),
+                "executor": None if self.executor is None else self.executor.describe()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
@@ -67,6 +77,10 @@ class Config:
         values = {k: v for k, v in data.items() if k in known}
         if isinstance(values.get("models"), dict):
             values["models"] = Models.from_dict(values["models"])
+        if isinstance(values.get("executor"), dict):  # as describe() wrote it
+            from .engine.executor import executor_from_dict
+
+            values["executor"] = executor_from_dict(values["executor"])
         return cls(**values)
 
 
