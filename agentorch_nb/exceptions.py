@@ -1,9 +1,20 @@
 """Every error agentorch_nb raises on purpose is an :class:`AgentorchError`.
 
-Messages say what went wrong and what to do about it.
+Messages say what went wrong and what to do about it. A run that ends on an exception stores
+:func:`failure_record` of it: the reason first, then the traceback, which
+:func:`failure_reason` cuts off again for the places that show the reason alone.
+
+>>> failure_reason(failure_record(ValueError("no plan")))
+'ValueError: no plan'
 """
 
 from __future__ import annotations
+
+import logging
+import traceback
+
+# Where the traceback begins in a stored run error (runs.error).
+TRACEBACK_START = "\n\nTraceback (most recent call last):"
 
 
 def _s(value: object) -> str:
@@ -16,6 +27,17 @@ class AgentorchError(Exception):
 
 class InvalidInput(AgentorchError, ValueError):
     """An argument was refused before anything changed."""
+
+
+class ModelNotReady(InvalidInput):
+    """A model the run needs cannot be called as things are (a key not set, a provider
+    litellm does not know, an endpoint that does not answer): preflight refused the run
+    before anything was created. ``problems`` holds the failed check of each such model
+    (its ``model``, ``roles``, ``detail`` and ``fix``)."""
+
+    def __init__(self, message: str, problems: list | tuple = ()) -> None:
+        self.problems = list(problems)
+        super().__init__(message)
 
 
 class InvalidTransition(AgentorchError):
@@ -96,3 +118,27 @@ class StoreBusy(AgentorchError):
 
 class WrongLoop(AgentorchError, RuntimeError):
     """A synchronous call would block the event loop it was called from."""
+
+
+def failure_record(exc: BaseException) -> str:
+    """What a run stores about the exception that ended it: ``Type: message``, then a blank
+    line and the traceback (when it has one)."""
+    reason = f"{type(exc).__name__}: {exc}"
+    if exc.__traceback__ is None:
+        return reason
+    return f"{reason}\n\n{''.join(traceback.format_exception(exc)).rstrip()}"
+
+
+def report_failure(exc: BaseException, log: logging.Logger, run_id: str, store: object) -> str:
+    """Log that run ``run_id`` failed on ``exc`` in one line, saying where the traceback is
+    (at DEBUG, and in the store); return the :func:`failure_record` to store in runs.error."""
+    error = failure_record(exc)
+    log.error("run %s failed: %s (the traceback: run.summary()['error'], or runs.error in %s)",
+              run_id, " ".join(failure_reason(error).split()), store)
+    log.debug("run %s failed", run_id, exc_info=exc)
+    return error
+
+
+def failure_reason(error: str | None) -> str | None:
+    """The reason of a stored run error, without its traceback."""
+    return error.split(TRACEBACK_START, 1)[0] if error else error
