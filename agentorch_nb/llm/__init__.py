@@ -10,13 +10,15 @@ offline (``LITELLM_LOCAL_MODEL_COST_MAP=True``: costs come from litellm's bundle
 """
 
 from .client import LLM, Reply, ToolCall, litellm_module
-from .errors import BudgetExceeded, LLMCallFailed, LLMError, ScriptError
+from .errors import BudgetExceeded, CredentialsRejected, LLMCallFailed, LLMError, ScriptError
 from .limits import RateLimiter, shared_limiter
+from .preflight import ModelCheck, check_models
 from .script import Script, get_script, load_script, register_script
 from .settings import Models, load_env_file, parse_env
 
 __all__ = [
-    "LLM", "BudgetExceeded", "LLMCallFailed", "LLMError", "Models", "RateLimiter", "Reply",
-    "Script", "ScriptError", "ToolCall", "get_script", "litellm_module", "load_env_file",
-    "load_script", "parse_env", "register_script", "shared_limiter",
+    "LLM", "BudgetExceeded", "CredentialsRejected", "LLMCallFailed", "LLMError", "ModelCheck",
+    "Models", "RateLimiter", "Reply", "Script", "ScriptError", "ToolCall", "check_models",
+    "get_script", "litellm_module", "load_env_file", "load_script", "parse_env",
+    "register_script", "shared_limiter",
 ]

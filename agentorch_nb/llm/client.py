@@ -4,7 +4,8 @@ A call picks the role's model, waits for the process-wide rate limits, checks th
 calls litellm with a per-attempt timeout and no retries of its own, and retries 429s
 (after Retry-After), 5xx, timeouts and connection errors with exponential backoff and
 jitter. Every HTTP attempt, failed or not, becomes one ``llm_calls`` row. With ``on_chunk``
-the call is streamed (``streaming.py``) and everything else stays the same.
+the call is streamed (``streaming.py``) and everything else stays the same. A missing or
+refused key is never retried, whatever status the provider gave it (``errors.classify``).
 
 litellm is imported on the first call, never at package import (it takes seconds), and
 with ``LITELLM_LOCAL_MODEL_COST_MAP`` set so it never fetches its cost map from the network.
@@ -24,8 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BudgetExceeded, LLMCallFailed, LLMError, classify, describe, own_error
+from .errors import (BudgetExceeded, CredentialsRejected, Failure, LLMCallFailed, LLMError,
+                     classify, describe, own_error)
 from .limits import RateLimiter, shared_limiter
+from .preflight import credential_advice
 from .reply import Reply, ToolCall
 from .script import message_text
 from .scripted import PROVIDER as SCRIPTED
@@ -258,11 +261,18 @@ class LLM:
                     use.tokens = 0
                     if own is not None:
                         raise own from None
-                    retryable, retry_after = classify(exc)
-                    if not retryable:
+                    failure, retry_after = classify(exc)
+                    if failure is Failure.CREDENTIALS:
+                        raise CredentialsRejected(
+                            f"{model} could not be called for the {role}: its credentials are "
+                            f"missing or refused ({error}). This is not retried: "
+                            f"{credential_advice(m, model)}.",
+                            model=model, role=role, attempts=n, retryable=False, last_error=error,
+                        ) from exc
+                    if failure is Failure.REFUSED:
                         raise LLMCallFailed(
                             f"{model} refused the {role}'s request: {error}. This is not retried; "
-                            "check the model name, API key and request.",
+                            "check the model name and the request.",
                             model=model, role=role, attempts=n, retryable=False, last_error=error,
                         ) from exc
                     if n > m.max_retries:

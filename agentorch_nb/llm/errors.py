@@ -7,13 +7,21 @@ The engine turns each of our errors into a failed attempt or an interrupt.
 ...     status_code, headers = 429, {"Retry-After": "3"}
 >>> retry_after(Throttled("slow down")), describe(Throttled("slow down"))
 (3.0, 'Throttled 429: slow down')
+
+A missing or rejected key is a credential failure whatever status the provider library
+gave it (litellm reports OpenAI's "Missing credentials" as a 500):
+
+>>> credential_failure(Exception("InternalServerError: Missing credentials. Please pass an `api_key`"))
+True
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import re
 import time
+from enum import StrEnum
 from typing import Any
 
 from ..exceptions import AgentorchError, InvalidInput
@@ -47,6 +55,11 @@ class LLMCallFailed(LLMError):
         self.retryable = retryable
         self.last_error = last_error
         super().__init__(message)
+
+
+class CredentialsRejected(LLMCallFailed):
+    """The provider refused the call for its credentials: a key missing, wrong or expired.
+    Never retried: the same key fails the same way until someone changes it."""
 
 
 class BudgetExceeded(LLMError):
@@ -98,18 +111,47 @@ def describe(exc: BaseException) -> str:
     return f"{head}: {text[:500]}" if text else head
 
 
-def classify(exc: BaseException) -> tuple[bool, float | None]:
-    """(worth retrying?, seconds the provider asked us to wait)."""
+class Failure(StrEnum):
+    """What a failed call means, which decides whether it is tried again."""
+
+    TRANSIENT = "transient"  # rate limit, server error, timeout, connection: worth retrying
+    CREDENTIALS = "credentials"  # a key missing, wrong or expired: fails again until changed
+    REFUSED = "refused"  # the request itself (bad request, unknown model): fails again
+
+
+# How providers (through litellm) word a missing or rejected key, whatever status they send.
+CREDENTIAL_WORDS = re.compile(
+    r"missing credentials|api[_ ]?key client option must be set"
+    r"|\b(?:invalid|incorrect|missing|wrong|expired|revoked|no)\b[\w -]{0,30}\bapi[_ -]?key"
+    r"|\bapi[_ -]?key\b[\w ]{0,20}\b(?:is invalid|is missing|not set|not valid|not provided|"
+    r"expired|revoked)", re.IGNORECASE)
+
+
+def credential_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says the credentials were missing or refused (a 401, litellm's
+    AuthenticationError, or a message about the key under any status)."""
+    if getattr(exc, "status_code", None) == 401 or type(exc).__name__ == "AuthenticationError":
+        return True
+    if CREDENTIAL_WORDS.search(str(exc).split("\nTraceback", 1)[0]):
+        return True
+    cause = _stream_cause(exc)
+    return cause is not None and credential_failure(cause)
+
+
+def classify(exc: BaseException) -> tuple[Failure, float | None]:
+    """(what the failure means, seconds the provider asked us to wait)."""
     import litellm
 
+    if credential_failure(exc):  # first: litellm wraps some of them as 500s or connection errors
+        return Failure.CREDENTIALS, None
     if isinstance(exc, (asyncio.TimeoutError, litellm.Timeout, litellm.APIConnectionError)):
-        return True, None
+        return Failure.TRANSIENT, None
     status = getattr(exc, "status_code", None)
     if isinstance(exc, litellm.RateLimitError) or status == 429:
-        return True, retry_after(exc)
+        return Failure.TRANSIENT, retry_after(exc)
     if isinstance(status, int) and (status >= 500 or status == 408):
-        return True, retry_after(exc)
-    return False, None
+        return Failure.TRANSIENT, retry_after(exc)
+    return Failure.REFUSED, None
 
 
 def retry_after(exc: BaseException) -> float | None:

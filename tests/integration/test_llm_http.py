@@ -12,6 +12,7 @@ HTTP path (openai SDK, httpx, litellm's exception mapping) runs; nothing leaves 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -25,7 +26,8 @@ from pathlib import Path
 import pytest
 
 import agentorch_nb
-from agentorch_nb.llm import LLM, BudgetExceeded, LLMCallFailed, Models, RateLimiter, litellm_module
+from agentorch_nb.llm import (LLM, BudgetExceeded, CredentialsRejected, LLMCallFailed, Models,
+                              RateLimiter, litellm_module)
 from agentorch_nb.store import Store
 
 ROOT = Path(agentorch_nb.__file__).resolve().parent.parent
@@ -282,6 +284,60 @@ async def test_client_errors_are_not_retried_and_usd_budget_stops(fake, store):
         await llm.complete(role="worker", messages=ask())
     assert len(fake.requests) == 2
     assert [r["error"] is None for r in rows(store)] == [False, True]
+
+
+# ------------------------------------------------------------ credentials
+MISSING = ("Missing credentials. Please pass an `api_key`, `workload_identity`, or set the "
+           "`OPENAI_API_KEY` environment variable.")
+
+
+@pytest.mark.parametrize("status, message", [(401, "Incorrect API key provided: sk-dummy"),
+                                             (500, MISSING)])
+async def test_a_rejected_or_missing_key_is_not_retried_whatever_its_status(fake, store, status,
+                                                                           message):
+    fake.plan = [{"status": status, "message": message}, {"content": "never asked for"}]
+    llm = client(fake, store, max_retries=4)
+    with pytest.raises(CredentialsRejected) as err:
+        await llm.complete(role="director", messages=ask(), task_id="t1", attempt=1)
+    text = str(err.value)
+    assert text.startswith("openai/test-model could not be called for the director: its "
+                           "credentials are missing or refused (") and str(status) in text
+    assert "This is not retried: the key given in Models.endpoints['openai/test-model']" \
+        "['api_key'] was refused" in text
+    assert "Retry later" not in text and not err.value.retryable and err.value.attempts == 1
+    assert len(fake.requests) == 1
+    (row,) = rows(store)  # exactly one llm_calls row
+    assert row["error"].startswith("try 1: ") and str(status) in row["error"]
+
+
+async def test_a_run_takes_its_key_from_dotenv_and_fails_on_a_rejected_key_in_one_line(
+        fake, repo, tmp_path, monkeypatch, caplog):
+    """The key is only in the workspace's .env: preflight passes and the calls carry it. The
+    server rejects it: the run fails at the Director's first call, with no retry, no "Retry
+    later", and one log line."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AO_FAKE_KEY", "unset at the end")
+    monkeypatch.delenv("AO_FAKE_KEY")
+    (repo / ".env").write_text("AO_FAKE_KEY=sk-from-dotenv\n")
+    models = Models(worker_model="openai/test-model", backoff_base=0.01, endpoints={
+        "openai/test-model": {"api_base": fake.api_base, "api_key_env": "AO_FAKE_KEY"}})
+    fake.plan = [{"status": 401, "message": "Incorrect API key provided"}]
+    caplog.set_level(logging.INFO, logger="agentorch_nb")
+    orch = agentorch_nb.Orchestrator(repo, config=agentorch_nb.Config(models=models,
+                                                                       flush_interval=0.01))
+    run = orch.start("Add a README")
+    assert await run.wait(60) == agentorch_nb.RunStatus.FAILED
+    (request,) = fake.requests
+    assert request["headers"]["authorization"] == "Bearer sk-from-dotenv"
+    reason = run.summary()["error"].split("\n\nTraceback")[0]
+    assert reason.startswith("CredentialsRejected: openai/test-model could not be called for the "
+                             "director: its credentials are missing or refused (")
+    assert "the key in AO_FAKE_KEY was refused" in reason and "Retry later" not in reason
+    await orch.store.flush()
+    assert len(orch.sql("select * from llm_calls where run_id = ?", [run.id])) == 1
+    (line,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert line.getMessage().startswith(f"run {run.id} failed: CredentialsRejected: ") \
+        and line.exc_info is None
 
 
 # -------------------------------------------------------------- streaming
