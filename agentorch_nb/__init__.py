@@ -14,6 +14,7 @@ from .exceptions import (
     CycleError,
     InvalidInput,
     InvalidTransition,
+    ModelNotReady,
     ResolutionError,
     RunBusyElsewhere,
     MissingDependency,
@@ -34,7 +35,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AgentorchError", "Agents", "Config", "Context", "CycleError", "InvalidInput",
-    "InvalidTransition", "Models", "Orchestrator", "Outcome", "Profile", "ResolutionError", "Run",
+    "InvalidTransition", "ModelNotReady", "Models", "Orchestrator", "Outcome", "Profile", "ResolutionError", "Run",
     "MissingDependency", "RunBusyElsewhere", "RunStatus", "SchemaTooNew", "StoreBusy", "StoreError", "Task", "TaskSpec", "TaskStatus",
     "UnknownRun", "UnknownTask", "Verdict", "WorkResult", "Workspace", "WorkspaceError",
     "WrongLoop", "init_workspace", "snapshot", "sql",

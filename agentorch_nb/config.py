@@ -42,6 +42,10 @@ class Config:
     # operation waits for another process to let go of the file before StoreBusy.
     flush_interval: float = 0.05
     lock_timeout: float = 30.0
+    # start() and resume() check first that every model the run's roles use can be called
+    # (provider known, keys set, api_base answering: agentorch_nb.llm.preflight) and refuse
+    # the run otherwise. False skips it, e.g. behind a proxy that adds the keys.
+    preflight: bool = True
     # Where attempts run: None, in this process (the default); or an executor such as
     # agentorch_nb.distributed.RayExecutor(), which runs them on a Ray cluster.
     executor: Any = None
@@ -90,7 +94,7 @@ WHOLE = {"max_concurrent_workers": 1, "max_retries": 0, "max_iterations_per_task
          "guardian_every": 1}
 SECONDS = {"worker_timeout": True, "qa_timeout": True, "plan_timeout": True,
            "lock_timeout": True, "flush_interval": False}
-SWITCHES = ("keep_failed_worktrees", "keep_worktrees", "enable_guardian")
+SWITCHES = ("keep_failed_worktrees", "keep_worktrees", "enable_guardian", "preflight")
 
 
 def _given(value: object) -> str:

@@ -26,6 +26,8 @@ from .engine.integration import Integration
 from .engine.protocols import Agents
 from .engine.resume import build_engine, load_state, recover, settle_merges
 from .exceptions import InvalidInput, ResolutionError, RunBusyElsewhere, StoreBusy
+from .llm.preflight import preflight
+from .llm.settings import Models
 from .model import utcnow
 from .run import Run
 from .store import Store, default_path, retention
@@ -47,6 +49,19 @@ def _agents_for(engine: Engine, agents) -> Agents:
 
         agents = LLMTeam()
     return agents.for_run(engine) if hasattr(agents, "for_run") else agents
+
+
+def models_called(agents, config: Config) -> Models | None:
+    """The models a run's agents will call: the LLM team's (``LLMTeam.models``, else
+    ``config.models``), or None for agents of your own (ready ``Agents`` or another team),
+    whose model calls, if any, are theirs to check."""
+    if agents is None:
+        return config.models
+    if isinstance(agents, Agents):
+        return None
+    from .agents import LLMTeam
+
+    return (agents.models or config.models) if isinstance(agents, LLMTeam) else None
 
 
 class Orchestrator:
@@ -92,8 +107,10 @@ class Orchestrator:
         elif self.store.rows("select 1 from runs where run_id = ?", [run_id]):
             raise InvalidInput(f"run_id {run_id!r} is taken in {self.store.path}")
         self.git.require_clean()
+        config = config or self.config
+        self._preflight(config, agents or self.agents, self.workspace, "started")
         engine = Engine(run_id=run_id, objective=objective.strip(),
-                        store=self.store, config=config or self.config, agents=None,
+                        store=self.store, config=config, agents=None,
                         workspace=self.workspace)
         engine.agents = _agents_for(engine, agents or self.agents)
         engine.created_at = utcnow()
@@ -118,6 +135,8 @@ class Orchestrator:
             )
         stored = self.store.call_sync(lambda con: load_state(con, run_id))
         engine = build_engine(self.store, run_id, stored, agents=None, config=config)
+        self._preflight(engine.config, agents or self.agents, engine.workspace or self.workspace,
+                        "resumed")
         engine.agents = _agents_for(engine, agents or self.agents)
         self._attach_git(engine)
         known = {a.branch for a in stored.attempts if a.branch}
@@ -127,6 +146,14 @@ class Orchestrator:
         settle_merges(engine, self.git, stored)
         recover(engine)
         return self._drive(engine)
+
+    @staticmethod
+    def _preflight(config: Config, agents, workspace, doing: str) -> None:
+        """Refuse the run (ModelNotReady) before anything exists if a model it will call
+        cannot be called; a run of agents that call no model checks nothing."""
+        models = models_called(agents, config)
+        if config.preflight and models is not None:
+            preflight(models, workspace=workspace, guardian=config.enable_guardian, doing=doing)
 
     def _attach_git(self, engine: Engine) -> None:
         engine.integration = Integration(engine, self.git, engine.config.keep_failed_worktrees,

@@ -101,6 +101,9 @@ def driving(p: argparse.ArgumentParser, resuming: bool) -> None:
                    help="seconds --hitl wait waits for a resolution (default: 600)")
     p.add_argument("--json", action="store_true", help="print one JSON object at the end "
                    "(progress goes to stderr)")
+    p.add_argument("--no-preflight", action="store_true", help="start even when a model looks "
+                   "uncallable (no key, unknown provider, api_base not answering), e.g. behind "
+                   "a proxy that adds the keys: Config(preflight=False)")
     place(p)
 
 

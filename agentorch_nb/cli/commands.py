@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInput("run: --model is required ('demo' for the offline demo, or a litellm model "
                     "string such as openai/gpt-4o-mini), unless --agents gives the agents")
     models = models_for(args.model or "demo", args.budget_usd)
-    config = Config(max_concurrent_workers=args.workers, max_retries=args.max_retries, models=models)
+    config = Config(max_concurrent_workers=args.workers, max_retries=args.max_retries, models=models,
+                    preflight=not args.no_preflight)
     orch = open_orch(args, config=config, agents=agents)
     handle = orch.start(args.objective, run_id=args.run_id)
     return follow(handle, args)
@@ -59,6 +60,8 @@ def resume(args: argparse.Namespace) -> int:
     orch = open_orch(args, args.run)
     config = resume_config(orch, args.run, model=args.model, workers=args.workers,
                            max_retries=args.max_retries, budget_usd=args.budget_usd)
+    if args.no_preflight:
+        config = dataclasses.replace(config, preflight=False)
     handle = orch.resume(args.run, config=config, agents=agents)
     return follow(handle, args)
 
