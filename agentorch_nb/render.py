@@ -24,6 +24,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
+from .exceptions import failure_reason
 from .model import Task, TaskStatus
 
 PALETTE: dict[str, str] = {
@@ -151,7 +152,8 @@ def run_html(summary: dict, tasks: Sequence[Task]) -> str:
         for t in tasks)
     picture = dag_svg(tasks) if len(tasks) <= SVG_MAX_TASKS else (
         f"<p><i>{len(tasks)} tasks: the picture is drawn only up to {SVG_MAX_TASKS}.</i></p>")
-    error = f"<p><b>error:</b> {html.escape(summary['error'])}</p>" if summary.get("error") else ""
+    error = (f"<p><b>error:</b> {html.escape(failure_reason(summary['error']))}</p>"
+             if summary.get("error") else "")
     return (f"<div class='ao-static'><h4>Run {html.escape(summary['run_id'])}: "
             f"{summary['status']}</h4><p>{html.escape(summary['objective'])}</p>"
             f"<p>{summary['tasks']} tasks: {counts_line(summary['counts'])}</p>{error}{picture}"

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _loop
-from .exceptions import InvalidInput, ResolutionError
+from .exceptions import InvalidInput, ResolutionError, failure_reason
 from .model import RunStatus, TaskStatus, utcnow
 from .render import counts_line
 
@@ -285,7 +285,7 @@ async def outcome_of(run, hitl, hitl_timeout, ending, started, since, actions, a
             f", {len(gone)} abandoned ({', '.join(gone)})" if gone else "")
     else:
         code = EXIT_FAILED
-        why = f": {summary['error']}" if summary.get("error") else ""
+        why = f": {failure_reason(summary['error'])}" if summary.get("error") else ""
         message = f"run {run.id} {status}{why}" + (f"; waiting for a human: {named}" if named else "")
     row = run.orchestrator.run_row(run.id)
     return Outcome(

@@ -11,7 +11,7 @@ import sys
 
 from .. import Orchestrator, snapshot as copy_store, sql
 from ..config import Config
-from ..exceptions import InvalidInput, ResolutionError, UnknownRun
+from ..exceptions import InvalidInput, ResolutionError, UnknownRun, failure_reason
 from ..remote import default_source
 from ..render import counts_line
 from ..unattended import (EXIT_COMPLETED, EXIT_INTERRUPTED, check_policy, drive, load_agents,
@@ -132,8 +132,8 @@ def status(args: argparse.Namespace) -> int:
     print(f"objective: {summary['objective']}")
     print(f"created {row['created_at']:%Y-%m-%d %H:%M:%S} UTC; {summary['tasks']} tasks: "
           f"{counts_line(summary['counts']) or 'none yet'}; cost ${cost:.4f}")
-    if summary["error"]:
-        print(f"error: {summary['error']}")
+    if summary["error"]:  # its traceback is in --json's "error", and the store's runs.error
+        print(f"error: {failure_reason(summary['error'])}")
     for i in waiting:
         print(f"waiting for a human: {i.task_id} ({i.kind}): {i.reason}")
     if tasks:

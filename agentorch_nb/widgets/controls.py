@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import ipywidgets as ipw
 
+from ..exceptions import failure_reason
 from ..model import Interrupt, RunStatus, Task, TaskStatus, utcnow
 from ..render import counts_line
 from ._feed import Batch, RunFeed
@@ -78,7 +79,7 @@ class RunHeader(ipw.VBox):
         total = s["tasks"]
         done = sum(s["counts"].get(k, 0) for k in ("complete", "abandoned"))
         self.title.value = f"<b>Run {s['run_id']}</b>: {html.escape(s['objective'])}"
-        error = f" · error: {s['error']}" if s.get("error") else ""
+        error = f" · error: {failure_reason(s['error'])}" if s.get("error") else ""
         if s.get("store_busy"):  # the run waits for another process to let go of its store
             error += f" · store held by {s['store_busy']}: no new attempt starts"
         self.status.value = (f"{s['status']} · {done}/{total} done · {counts_line(s['counts'])}"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import ipywidgets as ipw
 
-from ..exceptions import AgentorchError
+from ..exceptions import AgentorchError, failure_reason
 from ..run import Run
 from ._feed import Batch, RunFeed
 from .actions import button, perform
@@ -67,7 +67,7 @@ class RunDashboard(ipw.VBox):
 
     def _show_problems(self) -> None:
         """The run's own error and any failure to update a widget: on the page, not in a log."""
-        error = self.feed.summary().get("error")
+        error = failure_reason(self.feed.summary().get("error"))  # the traceback stays in the store
         lines = ([f"run error: {error}"] if error else []) + self.feed.errors[-5:]
         self.problems.value = "".join(f"<div class='ao-error'>{html.escape(x)}</div>" for x in lines)
 
