@@ -27,6 +27,7 @@ from .exceptions import (
     WrongLoop,
 )
 from .model import Outcome, Profile, RunStatus, Task, TaskSpec, TaskStatus, Verdict, WorkResult
+from .checkup import doctor
 from .orchestrator import Orchestrator, snapshot, sql
 from .run import Run
 from .workspace import Workspace, init_workspace
@@ -38,7 +39,7 @@ __all__ = [
     "InvalidTransition", "ModelNotReady", "Models", "Orchestrator", "Outcome", "Profile", "ResolutionError", "Run",
     "MissingDependency", "RunBusyElsewhere", "RunStatus", "SchemaTooNew", "StoreBusy", "StoreError", "Task", "TaskSpec", "TaskStatus",
     "UnknownRun", "UnknownTask", "Verdict", "WorkResult", "Workspace", "WorkspaceError",
-    "WrongLoop", "init_workspace", "snapshot", "sql",
+    "WrongLoop", "doctor", "init_workspace", "snapshot", "sql",
 ]
 
 

@@ -184,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     place(p)
     p.set_defaults(fn=commands.prune)
 
+    p = sub.add_parser("doctor", help="check what a run needs: git, the workspace, the store, "
+                       "each role's model and its keys, the Jupyter extensions, Chromium; "
+                       "each problem with its fix (exit 1 if a run could not start)")
+    p.add_argument("--model", help="the model every role uses ('demo': the offline one; "
+                   "default: Models()'s, openai/gpt-4o-mini)")
+    place(p)
+    p.set_defaults(fn=commands.doctor)
+
     d = sub.add_parser("demo", help="run the offline demo objective on a throwaway git repository")
     d.add_argument("--workspace", help="git repository to use (default: a new temporary one)")
     d.add_argument("--objective", default=DEMO_OBJECTIVE)

@@ -11,11 +11,12 @@ import sys
 
 from .. import Orchestrator, snapshot as copy_store, sql
 from ..config import Config
+from ..checkup import doctor as check_up
 from ..exceptions import InvalidInput, ResolutionError, UnknownRun, failure_reason
 from ..remote import default_source
 from ..render import counts_line
-from ..unattended import (EXIT_COMPLETED, EXIT_INTERRUPTED, check_policy, drive, load_agents,
-                          models_for)
+from ..unattended import (EXIT_COMPLETED, EXIT_FAILED, EXIT_INTERRUPTED, check_policy, drive,
+                          load_agents, models_for)
 from .progress import reporter
 
 
@@ -225,6 +226,13 @@ def cleanup(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ the store
+def doctor(args: argparse.Namespace) -> int:
+    """The table of what a run needs; exit 1 when a run could not start as things are."""
+    config = Config(models=models_for(args.model)) if args.model else None
+    found = check_up(args.workspace or ".", config, store=args.store)
+    return EXIT_COMPLETED if found.ok else EXIT_FAILED
+
+
 def snapshot(args: argparse.Namespace) -> int:
     """A consistent copy of the store, live runs included, that any process may hold open."""
     if args.store and not args.workspace:
