@@ -67,6 +67,7 @@ def test_a_healthy_workspace(used_repo, capsys):
     assert all(c.level == "ok" for c in found.checks[:4])  # git, workspace, store, model
 
 
+@pytest.mark.slow  # another process holds the store; doctor waits 3 s for it
 def test_a_broken_workspace_gets_a_fix_per_problem(used_repo, capsys, monkeypatch):
     (used_repo / "README.md").write_text("changed, not committed\n")
     monkeypatch.setenv("CHROMIUM_PATH", str(used_repo / "no-chromium"))
