@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..dag import TaskGraph, natural_key
-from ..exceptions import ResolutionError, UnknownTask
+from ..exceptions import ResolutionError, UnknownTask, report_failure
 from ..model import (
     Attempt,
     Interrupt,
@@ -300,9 +300,9 @@ class Engine(Recording, Planning, AttemptLifecycle):
                 self.set_run_status(RunStatus.CANCELLED)
             raise
         except Exception as exc:  # noqa: BLE001 - stored on the run, shown to the user
-            log.exception("run %s failed", self.run_id)
+            error = report_failure(exc, log, self.run_id, self.store.path)  # one log line
             await self._stop_workers(Interruption.CANCELLED)
-            self.set_run_status(RunStatus.FAILED, f"{type(exc).__name__}: {exc}")
+            self.set_run_status(RunStatus.FAILED, error)  # the reason, then the traceback
         finally:
             try:
                 pending = [t for t in self._attempt_tasks if not t.done()]
