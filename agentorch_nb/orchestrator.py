@@ -48,6 +48,7 @@ def _agents_for(engine: Engine, agents) -> Agents:
         from .agents import LLMTeam
 
         agents = LLMTeam()
+    engine.team = agents  # an executor that runs attempts elsewhere builds them there
     return agents.for_run(engine) if hasattr(agents, "for_run") else agents
 
 

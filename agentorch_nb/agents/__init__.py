@@ -56,10 +56,15 @@ class LLMTeam:
         from ..llm import LLM
         from ..store.checkpoint import DuckDBSaver
 
+        # The executor's session says who keeps the rate limits and the budget (on a
+        # cluster: one keeper for every node) and whether the store can hold checkpoints
+        # (on a node it cannot: only the engine writes the store).
+        session = engine.executor
         llm = LLM(self.models or engine.config.models, store=engine.store, run_id=engine.run_id,
-                  workspace=engine.workspace)
+                  workspace=engine.workspace, limiter=session.limiter())
         guardian = Guardian(llm, engine.config.guardian_every) if engine.config.enable_guardian else None
-        worker = ReActWorker(llm, _toolbox, checkpointer=DuckDBSaver(engine.store),
+        saver = DuckDBSaver(engine.store) if session.uses_checkpoints() else None
+        worker = ReActWorker(llm, _toolbox, checkpointer=saver,
                              max_iterations=engine.config.max_iterations_per_task, guardian=guardian)
         return Agents(LLMDirector(llm), ByProfile({Profile.PLAN: LLMPlanner(llm)}, worker),
                       LLMStrategist(llm, self.checks))

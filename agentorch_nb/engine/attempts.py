@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import traceback
 
 from ..exceptions import CycleError, InvalidInput, UnknownTask, WorkspaceError
-from ..llm.errors import BudgetExceeded
 from ..model import (
     Attempt,
     Interruption,
@@ -23,10 +21,10 @@ from ..model import (
     Task,
     TaskSpec,
     TaskStatus,
-    WorkResult,
     utcnow,
 )
 from . import phoenix
+from .pipeline import AttemptFailed
 from .protocols import Context
 
 log = logging.getLogger("agentorch_nb.engine")
@@ -56,42 +54,27 @@ class AttemptLifecycle:
         tid = task.id
         try:
             try:
-                result = await _bounded(self.agents.worker.run(task.copy(), ctx),
-                                        self.config.worker_timeout, "worker")
-                if not isinstance(result, WorkResult):
-                    raise _Failed(Outcome.ERROR,
-                                  f"worker returned {type(result).__name__}, not WorkResult")
-                attempt.summary = task.result_summary = result.summary
-                if not result.ok:
-                    raise _Failed(Outcome.ERROR, result.error or "worker reported failure")
-                sha = await self.integration.commit(task, attempt) if self.integration else None
-                self.move(tid, S.AWAITING_QA)
-                verdict = await _bounded(self.agents.strategist.review(task.copy(), result, ctx),
-                                         self.config.qa_timeout, "QA")
-                task.qa_verdict = "approved" if verdict.approved else "rejected"
-                task.qa_feedback = attempt.qa_feedback = verdict.feedback or None
-                if not verdict.approved:
-                    raise _Failed(Outcome.REJECTED, "QA rejected the work", verdict.feedback)
+                result, sha = await self.executor.attempt(task, attempt, ctx)
                 if sha is not None:
                     try:
                         merged = await self.integration.merge(task, attempt, sha)
                     except WorkspaceError as exc:
-                        raise _Failed(Outcome.ERROR, f"the merge was refused: {exc}") from None
+                        raise AttemptFailed(Outcome.ERROR, f"the merge was refused: {exc}") from None
                     if not merged.ok and task.profile != Profile.MERGE:
                         # Approved work that collides with the target: a merge task
                         # integrates it; the task waits for it.
                         self._hand_to_merge_task(task, attempt, sha, merged.conflicts)
                         return
                     if not merged.ok:
-                        raise _Failed(Outcome.ERROR, "merge conflict with the target branch in "
-                                      + ", ".join(merged.conflicts) + "; the retry starts from "
-                                      "the current tip")
+                        raise AttemptFailed(Outcome.ERROR, "merge conflict with the target branch "
+                                            "in " + ", ".join(merged.conflicts) + "; the retry "
+                                            "starts from the current tip")
                 if result.new_tasks:
                     try:
                         self.add_tasks(list(result.new_tasks), created_by=tid)
                     except (InvalidInput, UnknownTask, CycleError) as exc:
-                        raise _Failed(Outcome.ERROR, f"the new tasks were refused: {exc}") from None
-            except _Failed as failure:
+                        raise AttemptFailed(Outcome.ERROR, f"the new tasks were refused: {exc}") from None
+            except AttemptFailed as failure:
                 failed = failure
             except asyncio.CancelledError:
                 self._stopped(task, attempt)
@@ -105,7 +88,7 @@ class AttemptLifecycle:
                     self._stopped(task, attempt)
                     return
                 self._fail(task, attempt, failed.outcome, failed.reason, failed.feedback,
-                           escalate=failed.escalate)
+                           escalate=failed.escalate, interruption=failed.interruption)
                 return
             self.finish_attempt(attempt, Outcome.APPROVED)
             self.move(tid, S.COMPLETE)
@@ -245,11 +228,17 @@ class AttemptLifecycle:
                           outcome=outcome, reason=reason, interruption=interruption)
 
     def _fail(self, task: Task, attempt: Attempt, outcome: Outcome, reason: str,
-              feedback: str | None = None, escalate: str | None = None) -> None:
+              feedback: str | None = None, escalate: str | None = None,
+              interruption: Interruption | None = None) -> None:
         attempt.qa_feedback = feedback or attempt.qa_feedback
-        self.finish_attempt(attempt, outcome, reason)
+        self.finish_attempt(attempt, outcome, reason, interruption)
         self.move(task.id, S.FAILED, reason)
-        if escalate == "budget":
+        if escalate == "requeue":
+            # Not the task's fault (the cluster went out of reach): it starts again when
+            # attempts can start, without using a retry.
+            self.move(task.id, S.PLANNED, reason)
+            self.mark_dirty(task.id)
+        elif escalate == "budget":
             # Spending more cannot help: hold new work and ask a human.
             self.budget_hold = True
             self.move(task.id, S.WAITING_HUMAN, reason)
@@ -294,35 +283,3 @@ class AttemptLifecycle:
         if pending:
             await asyncio.gather(*(t for _, t in pending), return_exceptions=True)
 
-
-class _Failed(Exception):
-    """How an attempt failed; becomes the attempt's outcome and the Phoenix context."""
-
-    def __init__(self, outcome: Outcome, reason: str, feedback: str | None = None,
-                 escalate: str | None = None) -> None:
-        super().__init__(reason)
-        self.outcome, self.reason, self.feedback = outcome, reason, feedback
-        self.escalate = escalate  # straight to a human (an interrupt of this kind), no retry
-
-
-async def _bounded(coro, timeout: float, who: str):
-    """Await an agent's coroutine: running over ``timeout`` or raising is a failed attempt,
-    never an error of the loop. Cancellation passes through."""
-    try:
-        async with asyncio.timeout(timeout):
-            return await coro
-    except TimeoutError:
-        raise _Failed(Outcome.TIMEOUT, f"{who} gave no result within {timeout:g} s") from None
-    except _Failed:
-        raise
-    except BudgetExceeded as exc:
-        raise _Failed(Outcome.ERROR, str(exc), escalate="budget") from None
-    except Exception as exc:  # noqa: BLE001 - an agent's bug is a failed attempt
-        prefix = "" if who == "worker" else f"{who} failed: "
-        raise _Failed(Outcome.ERROR, prefix + _describe(exc)) from None
-
-
-def _describe(exc: BaseException) -> str:
-    tb = traceback.extract_tb(exc.__traceback__)
-    where = f" (at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno})" if tb else ""
-    return f"{type(exc).__name__}: {exc}{where}"

@@ -41,6 +41,7 @@ from ..store import Store
 from ..store.sharing import Busy
 from ..store.records import interrupt_row
 from .attempts import AttemptLifecycle
+from .executor import LOCAL
 from .heap import HEAP
 from .planning import Planning
 from .recording import Recording
@@ -114,6 +115,11 @@ class Engine(Recording, Planning, AttemptLifecycle):
         self._main_task: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.integration: Integration | None = None  # git worktrees and merges, when a workspace is set
+        # Where attempts run (this process unless Config.executor says otherwise), and what
+        # the agents were built from (a team with for_run, or ready Agents): an executor
+        # that runs attempts elsewhere builds them there from it.
+        self.executor = (config.executor or LOCAL).bind(self)
+        self.team: Any = agents
         self.on_start: list = []  # coroutine functions awaited before the first step
         self.on_stop: list = []  # callables run when the loop ends
         # Called on the engine's loop with each event, message and streamed reply chunk as it
@@ -279,6 +285,7 @@ class Engine(Recording, Planning, AttemptLifecycle):
         try:
             for hook in self.on_start:
                 await hook(self)
+            await self.executor.start()
             self.keep_heap()
             if not self.planned:
                 await self._plan()
@@ -308,6 +315,10 @@ class Engine(Recording, Planning, AttemptLifecycle):
                 pending = [t for t in self._attempt_tasks if not t.done()]
                 if pending:  # stopped attempts still recording their end: let them finish first
                     await asyncio.wait(pending, timeout=60)
+                try:
+                    await self.executor.close()
+                except Exception:  # noqa: BLE001 - the run's outcome stands
+                    log.exception("run %s: closing its executor failed", self.run_id)
                 if self.integration is not None and self.status in (RunStatus.COMPLETED, RunStatus.CANCELLED):
                     try:
                         await self.integration.finish_run()
@@ -343,7 +354,7 @@ class Engine(Recording, Planning, AttemptLifecycle):
         if self._review_wanted and self._reviewing is None and not self._plans_open():
             self._start_review()
         if (self.status in (RunStatus.RUNNING, RunStatus.PAUSED) and not self.budget_hold
-                and self.store_busy is None):
+                and self.store_busy is None and self.executor.paused is None):
             held = []
             limit = self.config.max_concurrent_workers
             while (self._ready and len(self.running) < limit

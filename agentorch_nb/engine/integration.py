@@ -75,16 +75,13 @@ class Integration:
         wt = self.active.get((task.id, attempt.number))
         if wt is None:
             return None
-        message = (f"{task.title}\n\nagentorch run {self.engine.run_id}, task {task.id}, "
-                   f"attempt {attempt.number}")
-        await asyncio.to_thread(self.git.commit_all, wt, message)
-        head = await asyncio.to_thread(self.git.head, wt)
-        if head != wt.base_sha:
-            attempt.commit_sha = head
-            attempt.diff = await asyncio.to_thread(self.git.diff, wt)
-        if task.profile == Profile.MERGE:
-            return head  # a merge task always integrates its branch, changed or not
-        return None if head == wt.base_sha else head
+        return await commit_attempt(self.git, wt, self.engine.run_id, task, attempt)
+
+    def adopt_remote(self, task: Task, attempt: int, branch: str, base_sha: str) -> None:
+        """An attempt that ran on another machine left its approved commit on ``branch``
+        here: merged and released like local work (nothing to remove but the branch)."""
+        wt = self.git.worktree_for(self.engine.run_id, task.id, attempt)
+        self.active[(task.id, attempt)] = Worktree(wt.path, branch, base_sha)
 
     async def diff(self, task: Task, attempt: int) -> str:
         wt = self.active.get((task.id, attempt))
@@ -156,3 +153,18 @@ class Integration:
             return
         keep = frozenset(self.failed) if self.keep_failed else frozenset()
         await asyncio.to_thread(self.git.cleanup, self.engine.run_id, keep)
+
+
+async def commit_attempt(git: Workspace, wt: Worktree, run_id: str, task: Task,
+                         attempt: Attempt) -> str | None:
+    """Commit everything in ``wt`` for ``attempt`` (its commit and diff are noted on it); the
+    SHA QA will judge, or None if nothing changed. Also used where attempts run elsewhere."""
+    message = f"{task.title}\n\nagentorch run {run_id}, task {task.id}, attempt {attempt.number}"
+    await asyncio.to_thread(git.commit_all, wt, message)
+    head = await asyncio.to_thread(git.head, wt)
+    if head != wt.base_sha:
+        attempt.commit_sha = head
+        attempt.diff = await asyncio.to_thread(git.diff, wt)
+    if task.profile == Profile.MERGE:
+        return head  # a merge task always integrates its branch, changed or not
+    return None if head == wt.base_sha else head
