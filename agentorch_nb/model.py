@@ -73,6 +73,8 @@ class Interruption(StrEnum):
     ABANDONED = "abandoned"  # the task was abandoned while it ran
     CANCELLED = "cancelled"  # the run was cancelled
     ENGINE_DIED = "engine_died"  # the process driving the run ended; the next attempt may continue it
+    NODE_LOST = "node_lost"  # the cluster node running it died; Phoenix retries it elsewhere
+    CLUSTER_LOST = "cluster_lost"  # the cluster went out of reach; it starts again, no retry used
 
 
 S = TaskStatus
@@ -183,6 +185,7 @@ class Attempt:
     base_sha: str | None = None
     commit_sha: str | None = None  # the attempt's commit, when it changed anything
     diff: str | None = None  # what that commit changed against where the attempt started
+    node: str | None = None  # the cluster node it ran on (None: the engine's own process)
 
 
 @dataclass

@@ -146,8 +146,14 @@ def _v7_engine_channels(con) -> None:
     )
 
 
+def _v8_attempt_nodes(con) -> None:
+    """attempts.node: the cluster node an attempt ran on (a Ray node's id and address), or
+    null for an attempt in the engine's own process."""
+    con.execute("alter table attempts add column node varchar")
+
+
 MIGRATIONS: list[Callable] = [_v1_initial, _v2_checkpoints, _v3_guardian, _v4_attempt_diffs,
-                              _v5_crash_safety, _v6_views, _v7_engine_channels]
+                              _v5_crash_safety, _v6_views, _v7_engine_channels, _v8_attempt_nodes]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

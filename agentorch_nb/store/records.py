@@ -85,6 +85,7 @@ def attempt_row(a: Attempt) -> dict[str, Any]:
         "diff": a.diff,
         "branch": a.branch,
         "base_sha": a.base_sha,
+        "node": a.node,
     }
 
 
@@ -105,6 +106,7 @@ def attempt_from_row(row: dict[str, Any]) -> Attempt:
         diff=row.get("diff"),
         branch=row.get("branch"),
         base_sha=row.get("base_sha"),
+        node=row.get("node"),
     )
 
 
