@@ -167,19 +167,20 @@ class LLM:
 
     def check_budget(self) -> None:
         """Raise BudgetExceeded if the budget is used up (calls in flight may overshoot it)."""
-        m, s = self.models, self._spent
-        over = []
-        if m.budget_usd is not None and s.usd >= m.budget_usd:
-            over.append(f"${s.usd:.4f} of ${m.budget_usd:.4f}")
-        if m.budget_tokens is not None and s.tokens >= m.budget_tokens:
-            over.append(f"{s.tokens} of {m.budget_tokens} tokens")
+        # Where one keeper counts the spending of every process (a cluster's limiter),
+        # its totals are the run's; otherwise this client's own are.
+        shared = self.limiter.shared_spend()
+        usd, tokens = shared if shared is not None else (self._spent.usd, self._spent.tokens)
+        m, over = self.models, []
+        if m.budget_usd is not None and usd >= m.budget_usd:
+            over.append(f"${usd:.4f} of ${m.budget_usd:.4f}")
+        if m.budget_tokens is not None and tokens >= m.budget_tokens:
+            over.append(f"{tokens} of {m.budget_tokens} tokens")
         if over:
             raise BudgetExceeded(
                 f"the LLM budget is spent ({'; '.join(over)}); no further model call was made. "
                 "Raise Models.budget_usd / budget_tokens to go on.",
-                spent_usd=s.usd,
-                spent_tokens=s.tokens,
-            )
+                spent_usd=usd, spent_tokens=tokens)
 
     # ------------------------------------------------------------------ calls
     async def complete(
@@ -307,6 +308,7 @@ class LLM:
                             model=model, role=role, attempts=n, retryable=False, last_error=error,
                         ) from exc
                     use.tokens = reply.tokens_in + reply.tokens_out
+                    use.cost_usd, use.billed = reply.cost_usd, True
                     self._record(where, t0, reply=reply)
                     return reply
             await asyncio.sleep(delay)  # outside the slot: a waiting retry holds no capacity

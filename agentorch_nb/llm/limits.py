@@ -20,16 +20,18 @@ WINDOW = 60.0  # seconds: "per minute"
 
 
 @dataclass
-class _Use:
+class Usage:
     at: float
     tokens: int
+    cost_usd: float = 0.0  # set by the caller with the real tokens once the reply is in
+    billed: bool = False  # a reply came: tokens and cost were spent (not only estimated)
 
 
 class _Window:
     """Requests and tokens of one model over the last ``window`` seconds."""
 
     def __init__(self) -> None:
-        self.uses: deque[_Use] = deque()
+        self.uses: deque[Usage] = deque()
 
     def wait_for(
         self, now: float, window: float, rpm: int | None, tpm: int | None, tokens: int
@@ -88,10 +90,15 @@ class RateLimiter:
     def in_flight(self) -> int:
         return self._in_flight
 
+    def shared_spend(self) -> tuple[float, int] | None:
+        """What every client sharing this limiter spent, where it keeps count (a cluster's
+        limiter does); None here: each LLM client counts its own run's spending."""
+        return None
+
     @asynccontextmanager
-    async def slot(self, model: str, tokens: int = 0) -> AsyncIterator[_Use]:
+    async def slot(self, model: str, tokens: int = 0) -> AsyncIterator[Usage]:
         """Wait for a free slot and room in ``model``'s window; yields the usage record,
-        whose ``tokens`` the caller corrects to the real count once the reply is in."""
+        whose ``tokens`` (and ``cost_usd``) the caller corrects once the reply is in."""
         await self._acquire()
         try:
             use = await self._admit(model, tokens)
@@ -100,7 +107,7 @@ class RateLimiter:
             self._release()
 
     # --------------------------------------------------------------- the window
-    async def _admit(self, model: str, tokens: int) -> _Use:
+    async def _admit(self, model: str, tokens: int) -> Usage:
         while True:
             with self._lock:
                 lim = self._limits.get(model) or self._limits.get("*") or {}
@@ -108,7 +115,7 @@ class RateLimiter:
                 now = time.monotonic()
                 delay = win.wait_for(now, self.window, lim.get("rpm"), lim.get("tpm"), tokens)
                 if delay <= 0:
-                    use = _Use(now, tokens)
+                    use = Usage(now, tokens)
                     win.uses.append(use)
                     return use
             await asyncio.sleep(delay + 0.001)

@@ -99,6 +99,10 @@ class Script:
     _used: dict[tuple, int] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    def __reduce__(self):
+        # Sent to another process (a cluster node) as its rules; conversations start afresh.
+        return (Script, (self.name, self.rules))
+
     def reset(self) -> None:
         """Forget every conversation, so replies are consumed from the start again."""
         with self._lock:
