@@ -22,6 +22,7 @@ import importlib.util
 import logging
 import os
 import re
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..engine.executor import Session
@@ -150,6 +151,9 @@ class RaySession(Session):
         self._limits_actor = None
         self._probe: asyncio.Task | None = None
         self._joined = False
+        # Seconds each attempt spent waiting for a runner, sending the repository, on the
+        # node, and fetching its commit back (bench/ray_bench.py reads them).
+        self.timings: list[dict[str, float]] = []
 
     def limiter(self) -> RemoteLimiter:
         return self.limits
@@ -196,8 +200,11 @@ class RaySession(Session):
     async def attempt(self, task: Task, attempt: Attempt, ctx: Context) -> tuple[WorkResult, str | None]:
         engine = self.engine
         git = engine.integration.git
+        clock = time.perf_counter
+        took: dict[str, float] = {"take": clock()}
         try:
             runner = await self.ex.pool.take(self.ex.placement_for(task.profile))
+            took["ship"] = clock()
             attempt.node = runner.label
             engine.save_attempt(attempt)
             base = await asyncio.to_thread(git.tip)
@@ -211,7 +218,9 @@ class RaySession(Session):
         except InvalidInput as exc:  # a placement no node can hold
             raise AttemptFailed(Outcome.ERROR, str(exc)) from None
         spec = self._spec(task, attempt, ctx, runner, base)
+        took["run"] = clock()
         end = await self._follow(task, attempt, runner, spec)
+        took["fetch"] = clock()
         for key, value in end["attempt"].items():
             setattr(attempt, key, value)
         for key, value in end["task"].items():
@@ -229,6 +238,10 @@ class RaySession(Session):
                                         f"whole from {runner.label}: {exc}") from None
             engine.integration.adopt_remote(task, attempt.number, end["branch"] or "",
                                             attempt.base_sha or base)
+        marks = [*took.values(), clock()]
+        spent = {k: b - a for k, a, b in zip(took, marks, marks[1:])}
+        spent["on node"] = end["seconds"]
+        self.timings.append(spent)
         return end["result"], sha
 
     def _spec(self, task: Task, attempt: Attempt, ctx: Context, runner, base: str):

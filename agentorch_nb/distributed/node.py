@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,12 +29,6 @@ from ..workspace import Worktree
 from .gitship import NodeRepo
 
 STOP_WAIT = 15.0  # seconds a stopped attempt has to end (its commands' process trees killed)
-
-
-def _import_litellm() -> None:
-    from ..llm.client import litellm_module
-
-    litellm_module()
 
 
 def node_id() -> str:
@@ -59,8 +53,8 @@ class NodeAgent:
     def heads(self, key: str, target: str) -> list[str]:
         return self.repo(key, target).heads()
 
-    def receive(self, key: str, target: str, data: bytes | None, updates: dict[str, str]) -> list[str]:
-        return self.repo(key, target).receive(data, updates)
+    def receive(self, key: str, target: str, data: bytes | None, updates: dict[str, str]) -> None:
+        self.repo(key, target).receive(data, updates)
 
     def worktree(self, key: str, target: str, run_id: str, task_id: str, attempt: int,
                  start: str, merge_source: str | None) -> tuple[str, str, str, str]:
@@ -110,8 +104,6 @@ class Runner:
 
         add_secrets(names=secret_names)  # keys sent to this node never reach a tool
         self.current: asyncio.Task | None = None
-        # litellm takes seconds to import: while the runner waits for its first attempt.
-        threading.Thread(target=_import_litellm, daemon=True).start()
 
     def where(self) -> tuple[str, str]:
         import ray
@@ -250,6 +242,7 @@ async def run_attempt(spec: AttemptSpec, emit) -> dict[str, Any]:
         register_script(name, script)
     engine = NodeEngine(spec, emit)
     task, attempt = spec.task, spec.attempt
+    began = time.perf_counter()
     end: dict[str, Any] = {"sha": None, "bundle": None, "failed": None, "result": None}
     try:
         team = spec.team
@@ -269,4 +262,5 @@ async def run_attempt(spec: AttemptSpec, emit) -> dict[str, Any]:
     end["attempt"] = {k: getattr(attempt, k) for k in ("summary", "commit_sha", "diff", "qa_feedback")}
     end["task"] = {k: getattr(task, k) for k in ("result_summary", "qa_verdict", "qa_feedback")}
     end["branch"] = engine.integration.wt.branch if engine.integration.wt else None
+    end["seconds"] = time.perf_counter() - began  # on the node, for the engine's timings
     return end

@@ -101,8 +101,9 @@ class RunnerPool:
         self.waiters: dict[str, deque[asyncio.Future]] = {}
         self.count: dict[str, int] = {}  # runners alive or being made, per placement
         self.agents: dict[str, Any] = {}  # node id -> NodeAgent
-        self.known: dict[str, set[str]] = {}  # node id -> commits its clone's refs point at
+        self.known: dict[str, set[str]] = {}  # node id -> commits its clone has for sure
         self.ship_locks: dict[str, asyncio.Lock] = {}
+        self.bundles: dict[tuple, asyncio.Future] = {}  # the latest few, shared by nodes
         self.users = 0  # live runs on this pool; with none, idle runners are let go
 
     # ------------------------------------------------------------ runners
@@ -256,6 +257,20 @@ class RunnerPool:
             scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
         ).remote(self.ex.work_dir)
 
+    def _bundle(self, root: Path, refs: dict[str, str], known: set[str]) -> asyncio.Future:
+        """The bundle of ``refs`` minus ``known``: made once when several nodes need the same
+        (a new cluster's nodes all start empty)."""
+        key = (str(root), tuple(sorted(refs.items())), frozenset(known))
+        if key not in self.bundles:
+            while len(self.bundles) >= BUNDLES_KEPT:
+                del self.bundles[next(iter(self.bundles))]
+            made = self.bundles[key] = asyncio.ensure_future(
+                asyncio.to_thread(gitship.make_bundle, root, list(refs), known))
+            made.add_done_callback(
+                lambda done: done.cancelled() or done.exception() is None
+                or self.bundles.pop(key, None))  # a failure is not kept: the next one tries again
+        return self.bundles[key]
+
     async def ship(self, runner: RunnerRef, root: Path, target: str, refs: dict[str, str]) -> None:
         """Make ``runner``'s node hold ``refs``' commits, sending only what it lacks, and
         point its target branch at the target's tip."""
@@ -266,11 +281,14 @@ class RunnerPool:
                 known = set(await runner.agent.heads.remote(key, target))
             data = None
             if any(sha not in known for sha in refs.values()):
-                data = await asyncio.to_thread(gitship.make_bundle, root, list(refs), known)
+                data = await self._bundle(root, refs, known)
             updates = {f"refs/heads/{target}": refs[f"refs/heads/{target}"]}
             updates.update({f"refs/agentorch/in/{sha}": sha for ref, sha in refs.items()
                             if ref != f"refs/heads/{target}"})
-            self.known[runner.node] = set(await runner.agent.receive.remote(key, target, data, updates))
+            await runner.agent.receive.remote(key, target, data, updates)
+            # What was sent reaches everything sent before it (the target only moves on):
+            # excluding it is enough for the next bundle.
+            self.known[runner.node] = set(refs.values())
 
 
 def capacity(placement: dict[str, Any]) -> int:
@@ -286,6 +304,9 @@ def capacity(placement: dict[str, Any]) -> int:
             have = node["Resources"]
             room += min((int(have.get(k, 0) // v) for k, v in wanted.items()), default=MANY)
     return min(room, MANY)
+
+
+BUNDLES_KEPT = 2  # bundles may be large: only those made last are kept for other nodes
 
 
 def _key(placement: dict[str, Any]) -> str:
