@@ -208,6 +208,43 @@ async def test_a_node_that_dies_mid_attempt_is_retried_on_another(cluster, work_
             cluster.remove_node(n)
 
 
+async def test_a_run_whose_engine_died_resumes_and_settles_its_remote_attempts(cluster, work_dir, tmp_path):
+    from tests.integration import ray_child
+
+    repo = tmp_path / "repo"
+    ao.init_workspace(repo)
+    pidfile = tmp_path / "pid"
+    child = subprocess.Popen(
+        [sys.executable, ray_child.__file__, cluster.address, str(repo), str(work_dir), str(pidfile)],
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    try:
+        run_id = child.stdout.readline().strip()
+        await until(lambda: pidfile.exists() and pidfile.read_text().strip(), timeout=180)
+        sleeper = int(pidfile.read_text())
+        child.kill()  # the engine alone: its runners and their commands are the cluster's
+        child.wait()
+    finally:
+        if child.poll() is None:
+            child.kill()
+    # Ray ends the dead driver's runners, and with them the command trees they started.
+    await until(lambda: not alive(sleeper), timeout=60)
+
+    ray.cloudpickle.register_pickle_by_value(ray_child)
+    orch = ao.Orchestrator(repo, config=ray_child.config(str(work_dir)),
+                           agents=ray_child.agents(str(pidfile)))
+    run = orch.resume(run_id)
+    assert await run.wait(240) == RunStatus.COMPLETED, run.summary()
+    rows = orch.store.rows("select attempt, outcome, interruption, node from attempts "
+                           "where run_id = ? and task_id = 't2' order by attempt", [run_id])
+    assert [(r["outcome"], r["interruption"]) for r in rows] == [("interrupted", "engine_died"),
+                                                                ("approved", None)]
+    assert all(r["node"] for r in rows)
+    assert sorted(p.name for p in repo.glob("t*.txt")) == ["t1.txt", "t2.txt", "t3.txt"]
+    assert subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True,
+                          text=True, check=True).stdout == ""
+
+
 class CallingTeam:
     """A deterministic Director and Strategist around a worker that makes ``calls`` LLM calls
     through the run's client (so through the cluster's limiter)."""
