@@ -208,6 +208,11 @@ def test_with_the_engine_killed_a_command_waits_and_resume_applies_it_once(tmp_p
         run = orch.run(child.run_id)
         until(lambda: settled(run), DEADLINE, "t1 and t2 to wait for a human")
         assert [t.id for t in run.tasks]  # the channel is known to this process now
+        # The engine's memory (the channel) may be one commit ahead of its file: the kill
+        # must come once the file has it too, as this test is about what comes after.
+        until(lambda: len(run.store.rows(
+            "select 1 from tasks where run_id = ? and status = 'waiting_human'",
+            [child.run_id])) == 2, DEADLINE, "the store to hold both waiting tasks")
         child.proc.send_signal(signal.SIGKILL)
         child.proc.wait()
         assert run.resolve("t1", "retry", guidance="go") == "pending"
