@@ -4,7 +4,7 @@
 to send); ``bind(engine)`` gives a run its ``RaySession``. For each attempt the session
 takes a warm ``Runner`` whose resources fit the task's profile (Ray places it), sends the
 runner's node whatever it lacks of the target branch, starts the attempt there and applies
-what it streams back (rows, messages, chunks, the worktree, the move to QA) through the
+what it sends back as it happens (rows, messages, chunks, the worktree, the move to QA) through the
 engine's own recording, as if the attempt ran here. An approved commit comes back as a
 bundle onto the attempt's branch, and the engine merges it as local work.
 
@@ -31,7 +31,7 @@ from ..exceptions import InvalidInput
 from ..model import Attempt, Interruption, Outcome, Profile, Task, TaskStatus, WorkResult
 from . import gitship
 from .limits import RemoteLimiter
-from .pool import RunnerPool, cluster_errors, connect, describe_failure
+from .pool import RunnerPool, answers, cluster_errors, connect, describe_failure, reachable
 
 if TYPE_CHECKING:
     from ..engine.dispatch import Engine
@@ -42,7 +42,8 @@ PLACEMENT_KEYS = {"num_cpus", "num_gpus", "memory", "resources"}
 DEFAULT_PLACEMENT = {"num_cpus": 1}
 ADDRESS = re.compile(r"(auto|ray://[\w.\-]+(:\d+)?|[\w.\-]+:\d+)")
 SLACK = 120.0  # seconds beyond worker_timeout + qa_timeout before the engine gives up on a node
-PROBE_EVERY = 5.0  # seconds between checks of a cluster out of reach
+PROBE_EVERY = 5.0  # seconds between checks that the cluster answers (or answers again)
+PROBE_TIMEOUT = 20.0  # seconds a check may take before the cluster counts as out of reach
 
 
 class RayExecutor:
@@ -150,6 +151,10 @@ class RaySession(Session):
         self.limits = RemoteLimiter()
         self._limits_actor = None
         self._probe: asyncio.Task | None = None
+        self._heartbeat: asyncio.Task | None = None
+        # Set while the cluster is out of reach: whatever awaits Ray gives up at once (Ray
+        # Client may leave a call hanging instead of raising).
+        self._cut = asyncio.Event()
         self._joined = False
         # Seconds each attempt spent waiting for a runner, sending the repository, on the
         # node, and fetching its commit back (bench/ray_bench.py reads them).
@@ -173,21 +178,58 @@ class RaySession(Session):
         except cluster_errors() as exc:
             self._lost(f"cannot reach the Ray cluster ({describe_failure(exc)})")
             return
+        self._heartbeat = asyncio.ensure_future(self._beat())
         warm = self.ex.warm if self.ex.warm is not None else self.engine.config.max_concurrent_workers
         await self.ex.pool.warm(self.ex.placement_for("*"), warm)
+
+    async def _beat(self) -> None:
+        """While the run lives: a cluster that stops answering pauses launches."""
+        while True:
+            await asyncio.sleep(PROBE_EVERY)
+            if self.paused is not None:
+                continue
+            try:
+                ok = await asyncio.wait_for(asyncio.to_thread(answers), PROBE_TIMEOUT)
+            except TimeoutError:
+                ok = False
+            if not ok and self.paused is None:
+                self._lost("the Ray cluster stopped answering")
+
+    async def _or_cut(self, awaitable):
+        """``awaitable``'s result, or ConnectionError as soon as the cluster is out of reach."""
+        work = asyncio.ensure_future(awaitable)
+        cut = asyncio.ensure_future(self._cut.wait())
+        try:
+            await asyncio.wait({work, cut}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            work.cancel()
+            raise
+        finally:
+            cut.cancel()
+        if work.done():
+            return work.result()
+        work.cancel()
+        raise ConnectionError(self.paused or "the Ray cluster is out of reach")
 
     async def _make_limits(self) -> None:
         from .pool import make_limits
 
+        from .pool import kill
+
+        if self._limits_actor is not None:  # one that went with a lost cluster, if not gone
+            await asyncio.to_thread(kill, self._limits_actor)
         models = self.engine.config.models
-        actor = await asyncio.to_thread(make_limits, models.call_timeout * (models.max_retries + 1) + SLACK)
+        lease = models.call_timeout * (models.max_retries + 1) + SLACK
+        # What the run spent so far stays spent.
+        actor = await asyncio.to_thread(make_limits, lease, self.limits.shared_spend())
         self._limits_actor = actor
         self.limits.attach(actor)
         self.limits.configure(models.max_concurrent_calls, models.rate_limits)
 
     async def close(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
+        for task in (self._probe, self._heartbeat):
+            if task is not None:
+                task.cancel()
         if self._joined:
             self._joined = False
             await self.ex.pool.leave()
@@ -203,20 +245,25 @@ class RaySession(Session):
         clock = time.perf_counter
         took: dict[str, float] = {"take": clock()}
         try:
-            runner = await self.ex.pool.take(self.ex.placement_for(task.profile))
-            took["ship"] = clock()
-            attempt.node = runner.label
-            engine.save_attempt(attempt)
+            runner = await self._or_cut(self.ex.pool.take(self.ex.placement_for(task.profile)))
+        except InvalidInput as exc:  # a placement no node can hold
+            raise AttemptFailed(Outcome.ERROR, str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - what Ray raises depends on how it was cut off
+            if isinstance(exc, cluster_errors()) or not await asyncio.to_thread(reachable, self.ex):
+                raise self._requeue(f"the Ray cluster went out of reach ({describe_failure(exc)})") from None
+            raise AttemptFailed(Outcome.ERROR, f"no runner could be started: {describe_failure(exc)}") from None
+        took["ship"] = clock()
+        attempt.node = runner.label
+        engine.save_attempt(attempt)
+        try:
             base = await asyncio.to_thread(git.tip)
             refs = {f"refs/heads/{git.target}": base}
             if task.profile == Profile.MERGE and task.merge_source:
                 source_ref = await asyncio.to_thread(gitship.ref_for, git.root, task.merge_source)
                 refs[source_ref] = task.merge_source
-            await self.ex.pool.ship(runner, git.root, git.target, refs)
-        except cluster_errors() as exc:
-            raise self._requeue(f"the Ray cluster went out of reach ({describe_failure(exc)})")
-        except InvalidInput as exc:  # a placement no node can hold
-            raise AttemptFailed(Outcome.ERROR, str(exc)) from None
+            await self._or_cut(self.ex.pool.ship(runner, git.root, git.target, refs))
+        except BaseException as exc:
+            raise self._unship(runner, exc) from None
         spec = self._spec(task, attempt, ctx, runner, base)
         took["run"] = clock()
         end = await self._follow(task, attempt, runner, spec)
@@ -243,6 +290,26 @@ class RaySession(Session):
         spent["on node"] = end["seconds"]
         self.timings.append(spent)
         return end["result"], sha
+
+    def _unship(self, runner, exc: BaseException) -> BaseException:
+        """What sending the commits to ``runner``'s node failing means for the attempt (the
+        runner goes back to the pool, or is forgotten with its node)."""
+        import ray
+
+        if isinstance(exc, ray.exceptions.RayActorError):  # the node's agent died, or the node
+            self.ex.pool.forget_node(runner.node)
+            self.ex.pool.give_back(runner)  # if its node is gone too, its next use says so
+            return AttemptFailed(Outcome.INTERRUPTED, f"the node's keeper of clones was lost "
+                                 f"before the attempt began ({runner.label}): "
+                                 f"{describe_failure(exc)}", interruption=Interruption.NODE_LOST)
+        if isinstance(exc, cluster_errors()):
+            self.ex.pool.lost(runner)
+            return self._requeue(f"the Ray cluster went out of reach ({describe_failure(exc)})")
+        self.ex.pool.give_back(runner)
+        if isinstance(exc, gitship.ShipError):
+            return AttemptFailed(Outcome.ERROR, f"the commits could not be sent to "
+                                 f"{runner.label}: {exc}")
+        return exc
 
     def _spec(self, task: Task, attempt: Attempt, ctx: Context, runner, base: str):
         from ..llm.script import get_script
@@ -272,12 +339,11 @@ class RaySession(Session):
         end = None
         try:
             async with asyncio.timeout(limit):
-                async for ref in runner.actor.run.remote(spec):
-                    for event in await ref:
-                        if event[0] == "end":
-                            end = event[1]
-                        else:
-                            self._apply(task, attempt, runner, event)
+                await self._or_cut(runner.actor.start.remote(spec))
+                while end is None:
+                    batch, end = await self._or_cut(runner.actor.events.remote())
+                    for event in batch:
+                        self._apply(task, attempt, runner, event)
         except asyncio.CancelledError:
             await asyncio.shield(self.ex.pool.stop(runner))
             raise
@@ -285,8 +351,8 @@ class RaySession(Session):
             await self.ex.pool.stop(runner)
             raise AttemptFailed(Outcome.TIMEOUT, f"{runner.label} gave no end within {limit:g} s") from None
         except ray.exceptions.RayActorError as exc:
-            self.ex.pool.lost(runner)
             gone = await asyncio.to_thread(self.ex.pool.node_dead, runner.node)
+            self.ex.pool.lost(runner, node_gone=gone)
             what = "its node died" if gone else "the Ray worker running it died"
             raise AttemptFailed(Outcome.INTERRUPTED, f"{what} mid-attempt ({runner.label}): "
                                 f"{describe_failure(exc)}; retried on another node",
@@ -330,6 +396,7 @@ class RaySession(Session):
         if self.paused is not None:
             return
         self.paused = reason
+        self._cut.set()
         engine = self.engine
         log.warning("run %s: %s; no attempt starts until it answers again", engine.run_id, reason)
         engine.record_event("executor_paused", None, reason=reason)
@@ -340,12 +407,15 @@ class RaySession(Session):
             await asyncio.sleep(PROBE_EVERY)
             try:
                 await asyncio.to_thread(connect, self.ex)
-                if self._limits_actor is None:
-                    await self._make_limits()
+                # What was made before the loss went with it (Ray Client ends a cut-off
+                # session's actors): runners, handles and the limiter are made anew.
+                self.ex.pool.reset()
+                await self._make_limits()
             except cluster_errors():
                 continue
             break
         reason, self.paused = self.paused, None
+        self._cut.clear()
         log.warning("run %s: the Ray cluster answers again; attempts start", self.engine.run_id)
         self.engine.record_event("executor_resumed", None, after=reason)
         self.engine.wake()

@@ -26,11 +26,11 @@ from ..llm.limits import RateLimiter, Usage
 
 
 class Limits:
-    def __init__(self, lease: float) -> None:
+    def __init__(self, lease: float, usd: float = 0.0, tokens: int = 0) -> None:
         self.lease = lease
         self.limiter = RateLimiter()
-        self.usd = 0.0
-        self.tokens = 0
+        self.usd = usd  # spent before this keeper (one that went with a lost cluster)
+        self.tokens = tokens
         self.grants: dict[int, tuple[Any, Usage, float]] = {}
         self.ids = itertools.count(1)
 

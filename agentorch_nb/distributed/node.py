@@ -6,7 +6,7 @@ clone of each repository and makes and removes the attempts' worktrees, one at a
 the same :func:`~agentorch_nb.engine.pipeline.work_and_judge` the engine runs locally, with
 agents built on the node from the run's team, in a worktree on the node's disk. Everything
 the attempt records (messages, tool calls, LLM calls, streamed chunks) goes back to the
-engine as it happens, as the items of a streaming generator; the node writes no store.
+engine as it happens, answering the engine's long poll; the node writes no store.
 
 These classes are plain Python: :mod:`.executor` makes them Ray actors, so importing this
 module does not import ray.
@@ -97,7 +97,8 @@ class AttemptSpec:
 
 
 class Runner:
-    """Runs one attempt at a time; ``run`` streams its records, ``stop`` cancels it."""
+    """Runs one attempt at a time: ``start`` begins it, ``events`` hands over its records as
+    they come and then its end, ``stop`` cancels it."""
 
     def __init__(self, secret_names: list[str]) -> None:
         from ..tools.secrets import add_secrets
@@ -110,34 +111,32 @@ class Runner:
 
         return node_id(), ray.util.get_node_ip_address()
 
-    async def run(self, spec: AttemptSpec):
-        pending: list[tuple] = []
-        arrived = asyncio.Event()
+    async def start(self, spec: AttemptSpec) -> None:
+        """Begin an attempt; its records are collected for ``events``."""
+        self.pending: list[tuple] = []
+        self.arrived = asyncio.Event()
 
         def emit(event: tuple) -> None:
-            pending.append(event)
-            arrived.set()
+            self.pending.append(event)
+            self.arrived.set()
 
-        work = asyncio.ensure_future(run_attempt(spec, emit))
-        self.current = work
-        try:
-            while True:
-                if not pending and not work.done():
-                    waiter = asyncio.ensure_future(arrived.wait())
-                    await asyncio.wait({waiter, work}, return_when=asyncio.FIRST_COMPLETED)
-                    waiter.cancel()
-                arrived.clear()
-                if pending:
-                    batch = pending[:]
-                    del pending[:]
-                    yield batch
-                elif work.done():
-                    break
-            yield [("end", work.result())]
-        finally:
-            if not work.done():  # the engine went away: so does the attempt
-                work.cancel()
+        self.current = asyncio.ensure_future(run_attempt(spec, emit))
+        self.current.add_done_callback(lambda _: self.arrived.set())
+
+    async def events(self) -> tuple[list[tuple], dict[str, Any] | None]:
+        """What the attempt recorded since the last call, as soon as there is something;
+        with its end (the second item) once it is over. The engine calls this in a loop: a
+        long poll, which works through Ray Client as through a direct connection (a streaming
+        generator delivered nothing through Ray Client here)."""
+        work = self.current
+        while not self.pending and not work.done():
+            self.arrived.clear()
+            await self.arrived.wait()
+        batch, self.pending = self.pending, []
+        if work.done() and not batch:
             self.current = None
+            return [], work.result()
+        return batch, None
 
     async def stop(self) -> bool:
         """Cancel the attempt under way (its commands' process trees are killed); True once

@@ -48,13 +48,42 @@ def connect(ex: RayExecutor) -> None:
 
     with _connect_lock:
         if ray.is_initialized():
-            ray.cluster_resources()  # raises when the cluster is out of reach
-            return
-        ray.init(address=ex.address, namespace=ex.namespace, log_to_driver=False,
-                 include_dashboard=False if ex.address is None else None)
+            try:
+                ray.cluster_resources()
+                return
+            except Exception as exc:  # noqa: BLE001 - Ray Client says so with a bare Exception
+                if not ex.address or not ex.address.startswith("ray://"):
+                    raise ConnectionError(f"the Ray cluster does not answer: {exc}") from exc
+                ray.shutdown()  # a Ray Client cut off for good: connect anew below
+        try:
+            ray.init(address=ex.address, namespace=ex.namespace, log_to_driver=False,
+                     include_dashboard=False if ex.address is None else None)
+        except ConnectionError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever ray.init raises when nobody answers
+            raise ConnectionError(f"cannot connect to the Ray cluster at {ex.address}: "
+                                  f"{describe_failure(exc)}") from exc
 
 
-def make_limits(lease: float) -> Any:
+def answers() -> bool:
+    """Does the cluster this process is connected to answer now (no new connection)?"""
+    import ray
+
+    try:
+        return ray.is_initialized() and bool(ray.cluster_resources())
+    except Exception:  # noqa: BLE001 - Ray Client says it with a bare Exception
+        return False
+
+
+def reachable(ex: RayExecutor) -> bool:
+    try:
+        connect(ex)
+        return True
+    except ConnectionError:
+        return False
+
+
+def make_limits(lease: float, spent: tuple[float, int]) -> Any:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -63,7 +92,7 @@ def make_limits(lease: float) -> Any:
     here = ray.get_runtime_context().get_node_id()
     return ray.remote(Limits).options(
         num_cpus=0, max_concurrency=1000,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote(lease)
+        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote(lease, *spent)
 
 
 def kill(*actors: Any) -> None:
@@ -83,6 +112,7 @@ class RunnerRef:
     ip: str
     agent: Any  # that node's NodeAgent
     key: str  # its placement, as a key
+    generation: int = 0  # the pool's generation it was made in
     label: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -105,6 +135,7 @@ class RunnerPool:
         self.ship_locks: dict[str, asyncio.Lock] = {}
         self.bundles: dict[tuple, asyncio.Future] = {}  # the latest few, shared by nodes
         self.users = 0  # live runs on this pool; with none, idle runners are let go
+        self.generation = 0  # one more each time the cluster came back after a loss
 
     # ------------------------------------------------------------ runners
     async def warm(self, placement: dict[str, Any], n: int) -> None:
@@ -146,10 +177,15 @@ class RunnerPool:
     def _spawn(self, placement: dict[str, Any]) -> None:
         key = _key(placement)
         self.count[key] = self.count.get(key, 0) + 1
-        made = asyncio.ensure_future(self._create(placement))
-        made.add_done_callback(lambda done: self._made(key, done))
+        generation = self.generation
+        made = asyncio.ensure_future(self._create(placement, generation))
+        made.add_done_callback(lambda done: self._made(key, done, generation))
 
-    def _made(self, key: str, done: asyncio.Future) -> None:
+    def _made(self, key: str, done: asyncio.Future, generation: int) -> None:
+        if generation != self.generation:  # made for a cluster connection that is gone
+            if not done.cancelled() and done.exception() is None:
+                kill(done.result().actor)
+            return
         if not done.cancelled() and done.exception() is None:
             self.give_back(done.result())
             return
@@ -158,10 +194,13 @@ class RunnerPool:
         if done.cancelled():
             return
         log.warning("a Ray runner failed to start: %s", describe_failure(done.exception()))
-        if waiting:  # the attempt waiting longest hears why
-            waiting.popleft().set_exception(done.exception())
+        while waiting:  # the attempt waiting longest hears why
+            waiter = waiting.popleft()
+            if not waiter.done():
+                waiter.set_exception(done.exception())
+                return
 
-    async def _create(self, placement: dict[str, Any]) -> RunnerRef:
+    async def _create(self, placement: dict[str, Any], generation: int) -> RunnerRef:
         import ray
 
         from .node import Runner
@@ -171,9 +210,12 @@ class RunnerPool:
             max_concurrency=8, runtime_env=self.ex.runner_env() or None, **options
         ).remote(self.ex.env_vars)
         node, ip = await actor.where.remote()
-        return RunnerRef(actor, node, ip, await self._agent(node), _key(placement))
+        return RunnerRef(actor, node, ip, await self._agent(node), _key(placement), generation)
 
     def give_back(self, runner: RunnerRef) -> None:
+        if runner.generation != self.generation:
+            kill(runner.actor)
+            return
         waiting = self.waiters.get(runner.key)
         while waiting:
             waiter = waiting.popleft()
@@ -186,15 +228,31 @@ class RunnerPool:
             return
         self.idle.setdefault(runner.key, []).append(runner)
 
-    def lost(self, runner: RunnerRef) -> None:
-        """``runner`` died: forget what its node had, and its idle siblings on that node."""
+    def reset(self) -> None:
+        """After the cluster was out of reach: every runner and handle of before is gone (a
+        runner of an earlier generation that comes back is let go, not counted)."""
+        self.generation += 1
+        kill(*(runner.actor for idle in self.idle.values() for runner in idle))
+        self.count.clear()
+        self.idle.clear()
+        self.agents.clear()
+        self.known.clear()
+        self.bundles.clear()
+
+    def forget_node(self, node: str) -> None:
+        """What the pool knew of ``node``'s clones and agent: asked anew next time."""
+        self.known.pop(node, None)
+        self.agents.pop(node, None)
+
+    def lost(self, runner: RunnerRef, node_gone: bool = False) -> None:
+        """``runner`` died; with ``node_gone``, so did its node: forget what the node had
+        and its idle runners."""
         self.count[runner.key] -= 1
-        self.known.pop(runner.node, None)
-        self.agents.pop(runner.node, None)
-        for key, idle in self.idle.items():
-            gone = [r for r in idle if r.node == runner.node]
-            self.count[key] -= len(gone)
-            idle[:] = [r for r in idle if r.node != runner.node]
+        if node_gone:
+            self.forget_node(runner.node)
+            for key, idle in self.idle.items():
+                self.count[key] -= sum(r.node == runner.node for r in idle)
+                idle[:] = [r for r in idle if r.node != runner.node]
         for key, waiting in self.waiters.items():
             if waiting:  # they waited for runners that are gone: make others
                 asyncio.ensure_future(self._refill(json.loads(key)))

@@ -3,8 +3,9 @@ the test that kills it and resumes the run elsewhere.
 
     python ray_child.py ADDRESS REPO WORK_DIR PIDFILE
 
-joins the cluster at ADDRESS, prints the run id on its first line, and drives the run. Task
-t2's first attempt starts a command that sleeps, writes its pid to PIDFILE and never ends.
+joins the cluster at ADDRESS (``ray://`` for Ray Client), prints the run id on its first line,
+and drives the run to its end. Task t2's first attempt starts a command that sleeps, writes
+its pid to PIDFILE and never ends.
 """
 
 import asyncio
@@ -36,15 +37,19 @@ def agents(pidfile: str) -> Agents:
     return Agents(TestDirector(specs), StuckOnce(pidfile), TestStrategist())
 
 
-def config(work_dir: str) -> ao.Config:
-    return ao.Config(executor=RayExecutor(work_dir=work_dir), max_retries=2, flush_interval=0.01)
+def config(executor: RayExecutor) -> ao.Config:
+    return ao.Config(executor=executor, max_retries=2, flush_interval=0.01)
 
 
 async def main() -> None:
     address, repo, work_dir, pidfile = sys.argv[1:5]
-    ray.init(address=address, namespace="agentorch-tests", log_to_driver=False)
+    if address.startswith("ray://"):  # the executor connects, as it would for a user
+        executor = RayExecutor(address, namespace="agentorch-tests", work_dir=work_dir)
+    else:
+        ray.init(address=address, namespace="agentorch-tests", log_to_driver=False)
+        executor = RayExecutor(work_dir=work_dir)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    orch = ao.Orchestrator(repo, config=config(work_dir), agents=agents(pidfile))
+    orch = ao.Orchestrator(repo, config=config(executor), agents=agents(pidfile))
     run = orch.start("files, one of them stuck")
     print(run.id, flush=True)
     await run.wait()

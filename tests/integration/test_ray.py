@@ -9,6 +9,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -231,7 +232,7 @@ async def test_a_run_whose_engine_died_resumes_and_settles_its_remote_attempts(c
     await until(lambda: not alive(sleeper), timeout=60)
 
     ray.cloudpickle.register_pickle_by_value(ray_child)
-    orch = ao.Orchestrator(repo, config=ray_child.config(str(work_dir)),
+    orch = ao.Orchestrator(repo, config=ray_child.config(RayExecutor(work_dir=str(work_dir))),
                            agents=ray_child.agents(str(pidfile)))
     run = orch.resume(run_id)
     assert await run.wait(240) == RunStatus.COMPLETED, run.summary()
@@ -243,6 +244,79 @@ async def test_a_run_whose_engine_died_resumes_and_settles_its_remote_attempts(c
     assert sorted(p.name for p in repo.glob("t*.txt")) == ["t1.txt", "t2.txt", "t3.txt"]
     assert subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True,
                           text=True, check=True).stdout == ""
+
+
+def client_server(cluster, port: int) -> subprocess.Popen:
+    """A Ray Client server for the cluster on 127.0.0.1:port, as KubeRay and `ray start` run one."""
+    import socket
+
+    server = subprocess.Popen([sys.executable, "-m", "ray.util.client.server", "--address",
+                               cluster.address, "--host", "127.0.0.1", "--port", str(port),
+                               "--mode", "proxy"], start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(600):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return server
+        time.sleep(0.1)
+    raise AssertionError("the Ray Client server did not start")
+
+
+async def test_a_cluster_out_of_reach_pauses_launches_and_the_run_goes_on(cluster, work_dir, tmp_path):
+    from tests.integration import ray_child
+
+    port = free_port()
+    server = client_server(cluster, port)
+    repo = tmp_path / "repo"
+    ao.init_workspace(repo)
+    pidfile = tmp_path / "pid"
+    child = subprocess.Popen(
+        [sys.executable, ray_child.__file__, f"ray://127.0.0.1:{port}", str(repo), str(work_dir),
+         str(pidfile)], stdout=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]),
+             "RAY_CLIENT_RECONNECT_GRACE_PERIOD": "3"})
+    try:
+        run_id = child.stdout.readline().strip()
+        await until(lambda: pidfile.exists() and pidfile.read_text().strip(), timeout=180)
+        os.killpg(server.pid, 9)  # the connection to the cluster is gone
+        server.wait()
+        orch = ao.Orchestrator(repo)
+
+        def kinds():
+            return [r["kind"] for r in orch.store.rows(
+                "select kind from events where run_id = ? order by seq", [run_id])]
+
+        def cut_off():
+            return orch.store.rows("select outcome, interruption from attempts where run_id = ? "
+                                   "and task_id = 't2' and attempt = 1", [run_id])[0]
+
+        await until(lambda: "executor_paused" in kinds() and cut_off()["outcome"], timeout=120,
+                    every=0.5)
+        assert cut_off() == {"outcome": "interrupted", "interruption": "cluster_lost"}
+        await asyncio.sleep(3)  # launches stay paused, and the run is not failed
+        assert orch.run_row(run_id)["status"] == "running" and child.poll() is None
+        assert orch.store.rows("select count(*) as n from attempts where run_id = ? and "
+                               "task_id = 't2'", [run_id]) == [{"n": 1}]
+        server = client_server(cluster, port)  # the cluster answers again
+        await until(lambda: orch.run_row(run_id)["status"] == "completed", timeout=180, every=0.5)
+        assert "executor_resumed" in kinds()
+        t2 = orch.store.rows("select retries_used from tasks where run_id = ? and task_id = 't2'",
+                             [run_id])
+        assert t2 == [{"retries_used": 0}]  # the lost attempt used no retry
+        assert sorted(p.name for p in repo.glob("t*.txt")) == ["t1.txt", "t2.txt", "t3.txt"]
+        assert child.wait(60) == 0
+    finally:
+        for proc in (child, server):
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class CallingTeam:
