@@ -2,6 +2,7 @@
 
     python bench/ray_bench.py                          # 50 attempts, then a 200 MB repository (~4 min)
     python bench/ray_bench.py --attempts 20 --repo-mb 50
+    python bench/ray_bench.py --repo-mb 0              # the small repository only
 
 A Ray cluster is simulated on this machine (``ray.cluster_utils.Cluster``: a head with no
 CPU and two nodes of two CPUs, each keeping its clones in a directory of its own). The same
@@ -134,8 +135,9 @@ async def main(args) -> None:
         with tempfile.TemporaryDirectory(prefix="agentorch-raybench-") as tmp:
             executor = RayExecutor(work_dir=str(Path(tmp) / "nodes"), warm=WORKERS)
             await part("small repository", 0, args.attempts, executor, args.typical, Path(tmp))
-            await part("big repository", args.repo_mb, args.big_attempts, executor, args.typical,
-                       Path(tmp))
+            if args.repo_mb:
+                await part("big repository", args.repo_mb, args.big_attempts, executor,
+                           args.typical, Path(tmp))
     finally:
         ray.shutdown()
         cluster.shutdown()

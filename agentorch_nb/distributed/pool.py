@@ -132,6 +132,7 @@ class RunnerPool:
         self.count: dict[str, int] = {}  # runners alive or being made, per placement
         self.agents: dict[str, Any] = {}  # node id -> NodeAgent
         self.known: dict[str, set[str]] = {}  # node id -> commits its clone has for sure
+        self.placed: dict[str, dict[str, str]] = {}  # node id -> its refs as last set
         self.ship_locks: dict[str, asyncio.Lock] = {}
         self.bundles: dict[tuple, asyncio.Future] = {}  # the latest few, shared by nodes
         self.users = 0  # live runs on this pool; with none, idle runners are let go
@@ -237,11 +238,13 @@ class RunnerPool:
         self.idle.clear()
         self.agents.clear()
         self.known.clear()
+        self.placed.clear()
         self.bundles.clear()
 
     def forget_node(self, node: str) -> None:
         """What the pool knew of ``node``'s clones and agent: asked anew next time."""
         self.known.pop(node, None)
+        self.placed.pop(node, None)
         self.agents.pop(node, None)
 
     def lost(self, runner: RunnerRef, node_gone: bool = False) -> None:
@@ -343,7 +346,10 @@ class RunnerPool:
             updates = {f"refs/heads/{target}": refs[f"refs/heads/{target}"]}
             updates.update({f"refs/agentorch/in/{sha}": sha for ref, sha in refs.items()
                             if ref != f"refs/heads/{target}"})
+            if data is None and self.placed.get(runner.node) == updates:
+                return  # the node is where this attempt needs it (no merge since the last)
             await runner.agent.receive.remote(key, target, data, updates)
+            self.placed[runner.node] = updates
             # What was sent reaches everything sent before it (the target only moves on):
             # excluding it is enough for the next bundle.
             self.known[runner.node] = set(refs.values())
