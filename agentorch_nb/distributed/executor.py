@@ -397,6 +397,7 @@ class RaySession(Session):
             return
         self.paused = reason
         self._cut.set()
+        self.limits.hold()  # the engine's own model calls wait for the cluster too
         engine = self.engine
         log.warning("run %s: %s; no attempt starts until it answers again", engine.run_id, reason)
         engine.record_event("executor_paused", None, reason=reason)

@@ -75,11 +75,27 @@ class RemoteLimiter:
         self.actor = actor
         self._spend: tuple[float, int] = (0.0, 0)
         self._settings: tuple | None = None  # configured before the actor existed
+        # In the engine: open while the actor can be asked. A call made while the cluster
+        # is out of reach (or before the run has reached it) waits instead of failing.
+        self._open = asyncio.Event()
+
+    def __getstate__(self) -> dict:  # what a node gets: the actor, and no waiting
+        return {"actor": self.actor, "_spend": self._spend}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["actor"])
+        self._spend = state["_spend"]
+        self._open.set()
 
     def attach(self, actor: Any) -> None:
         self.actor = actor
         if self._settings is not None:
             self.configure(*self._settings)
+        self._open.set()
+
+    def hold(self) -> None:
+        """The cluster is out of reach: calls wait until ``attach`` is called again."""
+        self._open.clear()
 
     def configure(self, max_concurrent: int | None = None, limits: dict | None = None) -> None:
         if self.actor is None:
@@ -92,6 +108,7 @@ class RemoteLimiter:
 
     @asynccontextmanager
     async def slot(self, model: str, tokens: int = 0) -> AsyncIterator[Usage]:
+        await self._open.wait()
         gid, usd, spent = await self.actor.acquire.remote(model, tokens)
         self._spend = (usd, spent)
         use = Usage(time.monotonic(), tokens)

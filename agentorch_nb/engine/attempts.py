@@ -83,7 +83,8 @@ class AttemptLifecycle:
                 failed = None
             if failed is not None:
                 try:
-                    await self._summarize(task, attempt, failed.reason)
+                    if failed.escalate != "requeue":  # a requeue has nothing to learn from
+                        await self._summarize(task, attempt, failed.reason)
                 except asyncio.CancelledError:
                     self._stopped(task, attempt)
                     return
