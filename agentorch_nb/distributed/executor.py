@@ -58,8 +58,6 @@ class RayExecutor:
     Ray's runtime environment; they are never stored, and on the node they are secrets.
     ``work_dir`` is where nodes keep their clones (default: the node's temporary directory).
     ``warm`` runners are started when a run starts, so its first attempts do not wait.
-
-        ao.Config(executor=RayExecutor("auto", placement={"test": {"num_cpus": 4}}))
     """
 
     def __init__(self, address: str | None = None, *, namespace: str = "agentorch",
@@ -88,7 +86,6 @@ class RayExecutor:
 
     def __repr__(self) -> str:
         return f"RayExecutor(address={self.address!r}, placement={self.placement!r})"
-
     def describe(self) -> dict[str, Any]:
         """As stored with the run's config: names of variables, never their values."""
         return {"kind": "ray", "address": self.address, "namespace": self.namespace,
